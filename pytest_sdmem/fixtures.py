@@ -1,0 +1,65 @@
+"""The plugin's fixtures: thin wrappers that hand the core's objects to tests.
+
+``cuda_mem_tracker`` is a ``MemoryTracker`` on the session's device (the exact CPU accounting on
+a CPU run); ``sd_pipe`` is an ``SdPipe`` holding a fresh pipeline with the test's technique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pytest_sdmem.memory import MemoryTracker, get_backend
+from pytest_sdmem.state import SETTINGS, STATE, technique_of
+
+if TYPE_CHECKING:
+    from pytest_sdmem.runner import SdPipe
+
+
+@pytest.fixture
+def cuda_mem_tracker(request: pytest.FixtureRequest) -> Iterator[MemoryTracker]:
+    """Peak memory of ``with cuda_mem_tracker as m:`` blocks on the session's device.
+
+    A ``max_vram`` budget applies to the highest peak among the blocks when a test uses them.
+    """
+    settings = request.config.stash[SETTINGS]
+    tracker = MemoryTracker(get_backend(settings.device))
+    state = request.node.stash.get(STATE, None)
+    if state is not None:
+        state.trackers.append(tracker)
+    yield tracker
+    if tracker.measuring:
+        tracker.stop()
+
+
+@pytest.fixture
+def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
+    """A real StableDiffusionPipeline with the test's technique applied, released at teardown.
+
+    Select the technique with ``@pytest.mark.parametrize("sd_pipe", [...], indirect=True)`` or
+    ``@pytest.mark.sd_technique("fp16+vae_slicing")``; the default is ``none``.
+    """
+    # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
+    from pytest_sdmem.pipelines import ModelError
+    from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
+
+    settings = request.config.stash[SETTINGS]
+    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
+                              width=settings.size)
+    try:
+        pipe = make_sd_pipe(settings.model, technique_of(request.node), settings.device,
+                            settings.cache_dir, defaults)
+    except ModelError as exc:
+        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
+    state = request.node.stash.get(STATE, None)
+    if state is not None:
+        state.sd_pipe = pipe
+    try:
+        yield pipe
+    finally:
+        if state is not None:
+            state.latency = pipe.last_latency
+            state.sd_pipe = None
+        pipe.release()

@@ -1,0 +1,109 @@
+"""What the markers say: each marker's arguments parsed into a spec, or a ``MarkerError``.
+
+Plain functions over ``(args, kwargs)`` so they are tested without pytest, and so a bad marker
+is reported at collection against its own test, with the value given and the accepted forms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, format_size, parse_size
+
+METRICS = {
+    "allocated": "peak bytes held by tensors (CUDA: max_memory_allocated)",
+    "reserved": "peak bytes the caching allocator holds from the driver (what must fit the card)",
+    "process": "the process's whole device memory as the driver sees it, CUDA context included "
+    "(NVML; needs nvidia-ml-py)",
+}
+
+MARKERS = {
+    "max_vram": "max_vram(limit, *, metric='allocated'): fail the test when the peak device "
+    "memory of its call exceeds limit (bytes, or '3GB', '2.8 GB', '512MiB')",
+    "min_speedup": "min_speedup(factor, *, baseline='none'): fail the test unless its sd_pipe is "
+    "at least factor times faster than the baseline technique (paired rounds, 95% CI)",
+    "gpu": "gpu: the test needs a CUDA device; skipped without --gpu",
+    "sd_technique": "sd_technique(expr): the technique expression for the sd_pipe fixture, "
+    "e.g. 'fp16+vae_slicing'",
+}
+
+
+class MarkerError(ValueError):
+    """A marker whose arguments cannot be used; ``str()`` is the whole message."""
+
+
+@dataclass(frozen=True)
+class MaxVram:
+    limit: int
+    metric: str = "allocated"
+
+    def describe(self) -> str:
+        return f"max_vram {format_size(self.limit)} ({self.metric})"
+
+
+@dataclass(frozen=True)
+class MinSpeedup:
+    factor: float
+    baseline: str = "none"
+
+
+def _one_positional(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
+    if len(args) == 1 and key not in kwargs:
+        return args[0]
+    if not args and key in kwargs:
+        return kwargs[key]
+    raise MarkerError(f"@pytest.mark.{name} takes exactly one {key}, got args={args!r}; "
+                      f"usage: {MARKERS[name]}")
+
+
+def _check_keywords(name: str, kwargs: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise MarkerError(f"@pytest.mark.{name} got unexpected keyword(s) {', '.join(unknown)}; "
+                          f"usage: {MARKERS[name]}")
+
+
+def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MaxVram:
+    _check_keywords("max_vram", kwargs, {"limit", "metric"})
+    raw = _one_positional("max_vram", args, kwargs, "limit")
+    try:
+        limit = parse_size(raw)
+    except UnitError:
+        raise MarkerError(
+            f"@pytest.mark.max_vram limit {raw!r} is not a size; accepted: {ACCEPTED_SIZES}"
+        ) from None
+    metric = kwargs.get("metric", "allocated")
+    if metric not in METRICS:
+        raise MarkerError(
+            f"@pytest.mark.max_vram metric {metric!r} is unknown; accepted: "
+            + "; ".join(f"'{k}' ({v})" for k, v in METRICS.items())
+        )
+    return MaxVram(limit=limit, metric=metric)
+
+
+def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MinSpeedup:
+    """Parse the factor; the baseline technique is validated by the technique registry."""
+    _check_keywords("min_speedup", kwargs, {"factor", "baseline"})
+    raw = _one_positional("min_speedup", args, kwargs, "factor")
+    factor: float | None = None
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        factor = float(raw)
+    if factor is None or not math.isfinite(factor) or factor <= 0:
+        raise MarkerError(f"@pytest.mark.min_speedup factor {raw!r} is not valid; accepted: a "
+                          "positive number such as 2.5 (the test must be 2.5x faster)")
+    baseline = kwargs.get("baseline", "none")
+    if not isinstance(baseline, str) or not baseline.strip():
+        raise MarkerError(f"@pytest.mark.min_speedup baseline {baseline!r} is not valid; "
+                          "accepted: a technique expression such as 'none' or 'fp16'")
+    return MinSpeedup(factor=factor, baseline=baseline.strip())
+
+
+def parse_sd_technique(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    _check_keywords("sd_technique", kwargs, {"expr"})
+    raw = _one_positional("sd_technique", args, kwargs, "expr")
+    if not isinstance(raw, str):
+        raise MarkerError(f"@pytest.mark.sd_technique expects a string such as "
+                          f"'fp16+vae_slicing', got {raw!r}")
+    return raw

@@ -1,0 +1,86 @@
+"""The plugin's options as data: each is a command-line flag and an ini key of the same name.
+
+Keeping the table here (not spread over ``addoption`` calls) is what lets every option be set
+in ``[tool.pytest.ini_options]`` too: the command line wins, then the ini file, then the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``--flag`` on the command line, ``ini`` key in the config file."""
+
+    flag: str
+    help: str
+    kind: str = "string"  # "bool" | "string" | "int" | "float"
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def ini(self) -> str:
+        name = self.dest
+        return name if name.startswith("sdmem_") else f"sdmem_{name}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--gpu", "run on CUDA: run @pytest.mark.gpu tests, fail if no GPU is visible", "bool"),
+    Option("--sdmem-device", "device to measure: cuda, cuda:N or cpu "
+           "(default: cuda:0 with --gpu, else cpu)", metavar="DEVICE"),
+    Option("--sdmem-json", "write the session's results as JSON to PATH", metavar="PATH"),
+    Option("--sdmem-model", "pipeline for sd_pipe: tiny, sd15, or a local path / hub id "
+           "(default: tiny on the CPU, sd15 with --gpu)", metavar="MODEL"),
+    Option("--sdmem-cache-dir", "where synthetic pipelines are saved "
+           "(default: inside pytest's cache directory)", metavar="DIR"),
+    Option("--sdmem-steps", "default inference steps of sd_pipe (default: 2 for tiny, 25 else)",
+           "int", metavar="N"),
+    Option("--sdmem-size", "default image height and width of sd_pipe "
+           "(default: 64 for tiny, 512 else)", "int", metavar="PX"),
+    Option("--sdmem-max-time", "time budget in seconds of one latency or speed-up measurement",
+           "float", 30.0, metavar="SECONDS"),
+    Option("--sdmem-leak-threshold", "device memory a test may leave behind before it is "
+           "reported as a leak", default="4MB", metavar="SIZE"),
+    Option("--sdmem-strict-leaks", "fail tests that leave device memory behind", "bool"),
+)
+
+
+def add_options(parser: Any) -> None:
+    """Register every option with pytest's parser (flag and ini key)."""
+    group = parser.getgroup("sdmem", "pytest-sdmem: memory and speed budgets")
+    for opt in OPTIONS:
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest,
+                            help=opt.help)
+            parser.addini(opt.ini, opt.help, type="bool", default=False)
+        else:
+            group.addoption(opt.flag, action="store", default=None, dest=opt.dest,
+                            metavar=opt.metavar, help=opt.help)
+            parser.addini(opt.ini, opt.help, type="string", default="")
+
+
+def resolve(config: Any, dest: str) -> Any:
+    """The value of option ``dest``: command line, else ini, else the table's default.
+
+    Returns the raw string for typed options; ``Settings`` converts and validates them.
+    """
+    opt = next(o for o in OPTIONS if o.dest == dest)
+    value = config.getoption(dest)
+    if value is not None:
+        return value
+    ini = config.getini(opt.ini)
+    if opt.kind == "bool":
+        return bool(ini)
+    return ini if ini != "" else opt.default
+
+
+def default_cache_dir(rootpath: Path) -> Path:
+    """Synthetic pipelines live under pytest's cache directory unless told otherwise."""
+    return rootpath / ".pytest_cache" / "sdmem" / "models"

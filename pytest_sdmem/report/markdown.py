@@ -1,0 +1,65 @@
+"""The run as GitHub-flavoured markdown, for job summaries and pull-request comments.
+
+It renders the same rows as the terminal table (``table_rows``), so the figure a reviewer reads in
+a PR comment is the string the test log printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pytest_sdmem.report.table import COLUMNS, Row, table_rows
+from pytest_sdmem.results import RunResults
+from pytest_sdmem.units import format_size
+
+
+def escape_cell(text: str) -> str:
+    """Make ``text`` one inert table cell.
+
+    A ``|`` would split the cell, a newline would end the table, and GitHub renders (then
+    sanitises away) anything that looks like an HTML tag, so ``test[<lambda>]`` would lose its id;
+    ``&`` is escaped too, so that an id containing ``&lt;`` is shown as written.
+    """
+    return (
+        text.replace("\\", "\\\\")
+        .replace("&", "&amp;")
+        .replace("|", "\\|")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", " ")
+        .replace("\n", " ")
+    )
+
+
+def markdown_table(columns: tuple[str, ...], rows: Iterable[Row]) -> list[str]:
+    """Lines of a GFM table: header, separator, one line per row."""
+
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(escape_cell(c) for c in cells) + " |"
+
+    return [line(columns), "|" + "---|" * len(columns), *(line(r.cells) for r in rows)]
+
+
+def environment_line(environment: dict[str, object]) -> str:
+    """One line saying where the figures come from: the card, its memory, the key versions."""
+    parts = [str(environment.get("device_name") or environment.get("device") or "unknown device")]
+    total = environment.get("total_memory_bytes")
+    if isinstance(total, int | float) and total > 0:
+        parts.append(format_size(total))
+    parts += [
+        f"{name} {environment[name]}"
+        for name in ("torch", "diffusers", "cuda_version", "driver_version")
+        if environment.get(name)
+    ]
+    return " · ".join(parts)
+
+
+def render_markdown(results: RunResults, title: str = "pytest-sdmem results") -> str:
+    """A heading, the environment line, and the table (or a note that nothing was measured)."""
+    environment = escape_cell(environment_line(results.environment))
+    lines = [f"### {escape_cell(title)}", "", environment, ""]
+    if results.results:
+        lines += markdown_table(COLUMNS, table_rows(results.results))
+    else:
+        lines.append("_No measured tests in these results._")
+    return "\n".join(lines) + "\n"

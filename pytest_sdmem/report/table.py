@@ -1,0 +1,144 @@
+"""The one table every report shows: a row per measured test, in human units.
+
+Terminal, markdown and HTML reports all render these rows, so the figures a person reads in the
+job summary are the same strings they read in the terminal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pytest_sdmem.results import TestRecord
+from pytest_sdmem.units import format_duration, format_size
+
+COLUMNS = (
+    "test",
+    "technique",
+    "device",
+    "latency",
+    "speed-up",
+    "peak allocated",
+    "peak reserved",
+    "budget",
+    "verdict",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table; ``cells`` follow ``COLUMNS``."""
+
+    cells: tuple[str, ...]
+    failed: bool
+
+
+def _budget_cell(record: TestRecord) -> str:
+    if not record.budget:
+        return "-"
+    return f"{format_size(record.budget['max_vram_bytes'])} ({record.budget['metric']})"
+
+
+def _speedup_cell(record: TestRecord) -> str:
+    if not record.speedup:
+        return "-"
+    s = record.speedup
+    return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
+
+
+def _verdict_cell(record: TestRecord) -> str:
+    failed = [v["kind"] for v in record.verdicts if not v.get("passed", True)]
+    if failed:
+        return "FAIL " + ",".join(failed)
+    return record.outcome
+
+
+def table_rows(records: Iterable[TestRecord]) -> list[Row]:
+    """Rows for every record, in the order the tests ran."""
+    rows = []
+    for r in records:
+        mem = r.memory or {}
+        estimated = " (est.)" if r.estimated else ""
+        peak = mem.get("peak_allocated_bytes")
+        reserved = mem.get("peak_reserved_bytes")
+        latency = (r.latency or {}).get("median")
+        rows.append(
+            Row(
+                cells=(
+                    r.nodeid,
+                    r.technique or "-",
+                    r.device,
+                    format_duration(latency) if latency is not None else "-",
+                    _speedup_cell(r),
+                    (format_size(peak) + estimated) if peak is not None else "-",
+                    format_size(reserved) if reserved is not None else "-",
+                    _budget_cell(r),
+                    _verdict_cell(r),
+                ),
+                failed=r.outcome == "failed",
+            )
+        )
+    return rows
+
+
+def render_text(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> list[str]:
+    """Plain aligned text lines (terminal summary)."""
+    widths = [len(c) for c in columns]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row.cells, strict=True)]
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return [line(columns), line(tuple("-" * w for w in widths)), *(line(r.cells) for r in rows)]
+
+
+# The memory figure a budget's ``metric`` is judged on, so a chart draws the bar the budget
+# line is about (a "reserved" budget over an "allocated" bar would mislead).
+_BUDGET_FIGURES = {
+    "allocated": "peak_allocated_bytes",
+    "reserved": "peak_reserved_bytes",
+    "process": "process_peak_bytes",
+}
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of a report chart: a test's figure and, for memory, the budget it is held to."""
+
+    label: str
+    value: float
+    limit: float | None = None
+
+    @property
+    def over(self) -> bool:
+        return self.limit is not None and self.value > self.limit
+
+
+def short_label(label: str, chars: int = 56) -> str:
+    """Keep the end of a long chart label: the test name and its parameters say more than the
+    directory it lives in."""
+    return label if len(label) <= chars else "…" + label[-(chars - 1):]
+
+
+def _bar_label(record: TestRecord) -> str:
+    return f"{record.nodeid} ({record.technique})" if record.technique else record.nodeid
+
+
+def memory_bars(records: Iterable[TestRecord]) -> list[Bar]:
+    """Peak memory per test (the figure its budget's metric names), with the budget as limit."""
+    bars = []
+    for r in records:
+        budget = r.budget or {}
+        figure = _BUDGET_FIGURES.get(budget.get("metric", "allocated"), "peak_allocated_bytes")
+        value = (r.memory or {}).get(figure)
+        if value is not None:
+            bars.append(Bar(_bar_label(r), value, budget.get("max_vram_bytes")))
+    return bars
+
+
+def latency_bars(records: Iterable[TestRecord]) -> list[Bar]:
+    """Median latency per test, for the tests that measured one."""
+    return [
+        Bar(_bar_label(r), r.latency["median"])
+        for r in records
+        if r.latency and r.latency.get("median") is not None
+    ]

@@ -1,0 +1,251 @@
+"""Run a real Stable Diffusion pipeline under a technique: the object behind the ``sd_pipe``
+fixture, in plain Python so that it can be used (and tested) without pytest.
+
+An :class:`SdPipe` holds one diffusers pipeline with its techniques applied. Calling it runs one
+seeded generation and returns the images as numpy arrays; it can time itself, measure its speed-up
+over another technique, and check that its images still match a baseline technique's, which a
+memory or speed gate needs (group offloading once produced wrong images: diffusers issues 11981
+and 12673).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pytest_sdmem.pipelines import DEFAULT_PROMPT, load_pipeline
+from pytest_sdmem.stats import SpeedupResult
+from pytest_sdmem.techniques import (
+    ApplyContext,
+    OutputTolerance,
+    Pipe,
+    TechniqueError,
+    TechniqueSet,
+    apply_techniques,
+    parse_technique,
+    unmet_requirements,
+)
+from pytest_sdmem.timing import TimingResult, measure, measure_speedup, synchronizer
+
+
+class UnmetRequirementError(TechniqueError):
+    """A technique cannot run here; ``reasons`` are the skip reasons of ``unmet_requirements``."""
+
+    def __init__(self, ts: TechniqueSet, device: str, reasons: list[str]) -> None:
+        super().__init__(f"technique {ts.expr!r} cannot run on {device}: {'; '.join(reasons)}")
+        self.reasons = reasons
+
+
+@dataclass(frozen=True)
+class GenerationArgs:
+    """One generation's inputs. The defaults are the guide's: its prompt, 512x512, 50 steps,
+    one image, guidance 7.5; the fixture overrides steps and size from the options."""
+
+    prompt: str = DEFAULT_PROMPT
+    num_inference_steps: int = 50
+    height: int = 512
+    width: int = 512
+    batch_size: int = 1
+    seed: int = 0
+    guidance_scale: float = 7.5
+
+    def with_overrides(self, **overrides: Any) -> GenerationArgs:
+        """These args with some replaced; an unknown name is a TypeError listing the known ones,
+        so that ``sd_pipe(steps=4)`` fails instead of silently running the default 50."""
+        known = [f.name for f in fields(self)]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise TypeError(f"unknown generation argument(s) {', '.join(unknown)}: accepted "
+                            f"{', '.join(known)}")
+        return replace(self, **overrides)
+
+    def context(self, device: str) -> ApplyContext:
+        """What the techniques are set up for (jit_trace traces these shapes)."""
+        return ApplyContext(device=device, height=self.height, width=self.width,
+                            batch_size=self.batch_size, steps=self.num_inference_steps,
+                            guidance_scale=self.guidance_scale)
+
+    def __str__(self) -> str:
+        return (f"{self.batch_size} image(s) {self.width}x{self.height}, "
+                f"{self.num_inference_steps} steps, seed {self.seed}, "
+                f"guidance {self.guidance_scale:g}")
+
+
+#: Builds a fresh pipeline with a technique set applied, for the given generation.
+Loader = Callable[[TechniqueSet, GenerationArgs], Pipe]
+
+
+@dataclass(frozen=True)
+class ImageDiff:
+    """Per-pixel absolute differences of two image batches against a tolerance."""
+
+    max_abs: float
+    mean_abs: float
+    tolerance: OutputTolerance
+
+    @property
+    def ok(self) -> bool:
+        # Written so that NaN (a non-finite image) fails: every comparison with NaN is False.
+        return self.max_abs <= self.tolerance.max_abs and self.mean_abs <= self.tolerance.mean_abs
+
+    def __str__(self) -> str:
+        return (f"max abs diff {self.max_abs:.3g} (tolerance {self.tolerance.max_abs:g}), "
+                f"mean abs diff {self.mean_abs:.3g} (tolerance {self.tolerance.mean_abs:g})")
+
+
+def compare_images(actual: np.ndarray, expected: np.ndarray,
+                   tolerance: OutputTolerance) -> ImageDiff:
+    """The differences of two batches of images in [0, 1]; a shape mismatch is a ValueError."""
+    if actual.shape != expected.shape:
+        raise ValueError(f"cannot compare images of shape {actual.shape} with {expected.shape}")
+    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    return ImageDiff(float(diff.max()), float(diff.mean()), tolerance)
+
+
+@dataclass(frozen=True)
+class PipelineLoader:
+    """The :data:`Loader` of :func:`make_sd_pipe`: load ``model`` in the set's dtype (the fp16 /
+    bf16 of the guide is a load-time choice), then apply the set for ``device``."""
+
+    model: str
+    cache_dir: Path
+    device: str
+
+    def __call__(self, ts: TechniqueSet, args: GenerationArgs) -> Pipe:
+        reasons = unmet_requirements(ts, self.device)
+        if reasons:
+            raise UnmetRequirementError(ts, self.device, reasons)
+        pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir)
+        return apply_techniques(pipe, ts, args.context(self.device))
+
+
+class SdPipe:
+    """One pipeline with its technique applied, callable as ``sd_pipe(batch_size=4)``.
+
+    ``loader`` builds the other techniques' pipelines that ``assert_matches_baseline`` and
+    ``speedup_over`` compare with; without one they raise. Use as a context manager, or call
+    :meth:`release`, to free the pipeline.
+    """
+
+    def __init__(self, pipe: Pipe, technique: TechniqueSet | str, device: str,
+                 defaults: GenerationArgs | None = None, *, loader: Loader | None = None) -> None:
+        self.pipe: Pipe | None = pipe
+        self.technique = (technique if isinstance(technique, TechniqueSet)
+                          else parse_technique(technique))
+        self.device = device
+        self.defaults = defaults or GenerationArgs()
+        self.last_args: GenerationArgs | None = None
+        self.last_latency: TimingResult | None = None
+        self._loader = loader
+
+    def __repr__(self) -> str:
+        state = "released" if self.pipe is None else self.device
+        return f"SdPipe({self.technique.expr!r}, {state})"
+
+    def __enter__(self) -> SdPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __call__(self, **overrides: Any) -> np.ndarray:
+        """One generation with the defaults updated by ``overrides`` (prompt,
+        num_inference_steps, height, width, batch_size, seed, guidance_scale): float images of
+        shape (batch_size, height, width, 3) in [0, 1].
+
+        The generator lives on the device the pipeline computes on, seeded with ``seed``, so a
+        technique and its baseline start from the same noise.
+        """
+        args = self.defaults.with_overrides(**overrides)
+        if self.pipe is None:
+            raise RuntimeError(f"{self!r}: the pipeline was released")
+        generator = torch.Generator(device=self.device).manual_seed(args.seed)
+        output = self.pipe(
+            prompt=args.prompt,
+            num_inference_steps=args.num_inference_steps,
+            height=args.height,
+            width=args.width,
+            num_images_per_prompt=args.batch_size,
+            guidance_scale=args.guidance_scale,
+            generator=generator,
+            output_type="np",
+        )
+        self.last_args = args
+        return np.asarray(output.images)
+
+    def latency(self, *, max_time: float = 30.0, warmup: int = 1, min_rounds: int = 3,
+                **overrides: Any) -> TimingResult:
+        """Time whole generations (see ``timing.measure``); the result is also kept in
+        ``last_latency`` for the results table."""
+        self.defaults.with_overrides(**overrides)  # a typo fails before any timing
+        result = measure(lambda: self(**overrides), sync=synchronizer(self.device),
+                         warmup=warmup, min_rounds=min_rounds, max_time=max_time)
+        self.last_latency = result
+        return result
+
+    def fresh(self, technique: str, **overrides: Any) -> SdPipe:
+        """A new SdPipe of the same model and device with another technique, set up for this
+        generation (a baseline ``seed:traced_unet`` traces these shapes). Release it after use."""
+        if self._loader is None:
+            raise RuntimeError(f"{self!r} has no loader to build {technique!r} with: create it "
+                               "with make_sd_pipe or pass loader=")
+        args = self.defaults.with_overrides(**overrides)
+        ts = parse_technique(technique)
+        return SdPipe(self._loader(ts, args), ts, self.device, args, loader=self._loader)
+
+    def assert_matches_baseline(self, baseline: str = "none", **overrides: Any) -> ImageDiff:
+        """Generate with this technique and with ``baseline`` (a fresh pipeline, same seed and
+        inputs) and compare the images.
+
+        The tolerance is the loosest of both sets' techniques (fp16 and tiling move pixels more
+        than slicing). Raises AssertionError with both differences and the tolerance; returns
+        them when within. The baseline pipeline exists next to this one while it runs: call
+        this outside of memory-tracked blocks.
+        """
+        images = self(**overrides)
+        with self.fresh(baseline, **overrides) as base:
+            expected = base(**overrides)
+            tolerance = self.technique.output_tolerance.loosest(base.technique.output_tolerance)
+        diff = compare_images(images, expected, tolerance)
+        if not diff.ok:
+            raise AssertionError(
+                f"images of {self.technique.expr!r} differ from baseline {baseline!r}: {diff}; "
+                f"{self.defaults.with_overrides(**overrides)}"
+            )
+        return diff
+
+    def speedup_over(self, baseline: str, *, factor: float, max_time: float = 30.0,
+                     **overrides: Any) -> SpeedupResult:
+        """Whether this technique is ``factor`` times faster than ``baseline`` (paired rounds,
+        see ``timing.measure_speedup``), on the same generation."""
+        with self.fresh(baseline, **overrides) as base:
+            return measure_speedup(lambda: self(**overrides), lambda: base(**overrides),
+                                   factor=factor, sync=synchronizer(self.device),
+                                   max_time=max_time)
+
+    def release(self) -> None:
+        """Free the pipeline: remove accelerate's offload hooks (they hold the models and their
+        CPU copies), drop the reference and collect the cycles hooks leave behind. Idempotent."""
+        pipe, self.pipe = self.pipe, None
+        if pipe is None:
+            return
+        pipe.remove_all_hooks()
+        del pipe
+        gc.collect()
+
+
+def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path | str,
+                 defaults: GenerationArgs | None = None) -> SdPipe:
+    """Load ``model`` (``tiny``, ``sd15``, a directory or a hub id) with ``technique_expr``
+    applied for ``device``. A technique that cannot run there raises UnmetRequirementError
+    (the plugin skips such tests at collection, so this is the backstop)."""
+    defaults = defaults or GenerationArgs()
+    ts = parse_technique(technique_expr)
+    loader = PipelineLoader(model, Path(cache_dir), device)
+    return SdPipe(loader(ts, defaults), ts, device, defaults, loader=loader)

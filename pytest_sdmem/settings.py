@@ -1,0 +1,120 @@
+"""The session's validated settings, from the raw option values.
+
+Plain Python so the ``sdmem`` command and the pytest glue agree on what is accepted; every
+problem is a ``SettingsError`` whose message names the option, the value and what is accepted
+(the plugin turns it into a usage error, exit code 4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_sdmem.units import UnitError, parse_size
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+class SettingsError(ValueError):
+    """An option value that cannot be used; the message says which, why, and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    gpu: bool
+    device: str
+    model: str
+    cache_dir: Path
+    steps: int
+    size: int
+    max_time: float
+    leak_threshold: int
+    strict_leaks: bool
+    json_path: Path | None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def cuda_state() -> tuple[bool, int]:
+    """Whether torch sees CUDA, and how many devices (imported lazily: torch is slow to import)."""
+    import torch
+
+    available = torch.cuda.is_available()
+    return available, torch.cuda.device_count() if available else 0
+
+
+def _positive(name: str, raw: Any, convert: Callable[[Any], Any]) -> Any:
+    try:
+        value = convert(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value <= 0:
+        raise SettingsError(f"{name}={raw!r} is not valid: expected a positive number")
+    return value
+
+
+def build_settings(
+    raw: dict[str, Any],
+    default_cache: Path,
+    cuda: Callable[[], tuple[bool, int]] = cuda_state,
+) -> Settings:
+    """Validate raw option values (``dest`` -> value) into ``Settings``.
+
+    ``--gpu`` without a visible CUDA device is an error rather than a skip: a self-hosted runner
+    that lost its GPU must go red instead of silently skipping the whole GPU tier.
+    """
+    gpu = bool(raw.get("gpu"))
+    device = raw.get("sdmem_device") or ("cuda:0" if gpu else "cpu")
+    if device == "cuda":
+        device = "cuda:0"
+    if not _DEVICE_RE.match(device):
+        raise SettingsError(f"--sdmem-device={device!r} is not valid: expected cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not gpu:
+        raise SettingsError(f"--sdmem-device={device} measures a GPU: add --gpu")
+    if gpu and device == "cpu":
+        raise SettingsError("--gpu with --sdmem-device=cpu: choose one (cuda:N, or drop --gpu)")
+    if gpu:
+        available, count = cuda()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        if not available:
+            raise SettingsError(
+                "--gpu was given but no CUDA device is visible "
+                f"(torch.cuda.is_available() = False, CUDA_VISIBLE_DEVICES={visible}); "
+                "run without --gpu for the CPU tier"
+            )
+        index = int(device.split(":")[1])
+        if index >= count:
+            raise SettingsError(
+                f"--sdmem-device={device} but only {count} CUDA device(s) are visible "
+                f"(CUDA_VISIBLE_DEVICES={visible})"
+            )
+    model = raw.get("sdmem_model") or ("sd15" if gpu else "tiny")
+    tiny = model == "tiny"
+    steps = raw.get("sdmem_steps")
+    size = raw.get("sdmem_size")
+    try:
+        leak_threshold = parse_size(raw.get("sdmem_leak_threshold") or "4MB")
+    except UnitError as exc:
+        raise SettingsError(f"--sdmem-leak-threshold: {exc}") from exc
+    json_path = raw.get("sdmem_json")
+    size_px = _positive("--sdmem-size", size, int) if size is not None else (64 if tiny else 512)
+    if size_px % 8:
+        raise SettingsError(f"--sdmem-size={size_px} is not valid: expected a multiple of 8")
+    return Settings(
+        gpu=gpu,
+        device=device,
+        model=model,
+        cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
+        steps=_positive("--sdmem-steps", steps, int) if steps is not None else (2 if tiny else 25),
+        size=size_px,
+        max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
+        leak_threshold=leak_threshold,
+        strict_leaks=bool(raw.get("sdmem_strict_leaks")),
+        json_path=Path(json_path) if json_path else None,
+    )

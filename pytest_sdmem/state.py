@@ -1,0 +1,82 @@
+"""What the pytest glue remembers between hooks: the session's settings, each test's state, and
+the collected records (on the controller, records from every xdist worker arrive here too)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from pytest_sdmem.markers import MaxVram, MinSpeedup, parse_sd_technique
+from pytest_sdmem.memory import MemoryReport, MemoryTracker
+from pytest_sdmem.results import TestRecord
+from pytest_sdmem.settings import Settings
+from pytest_sdmem.techniques import parse_technique
+
+SETTINGS = pytest.StashKey[Settings]()
+
+
+@dataclass
+class TestState:
+    """One test's markers (parsed at collection) and what was measured while it ran."""
+
+    __test__ = False
+
+    max_vram: MaxVram | None = None
+    min_speedup: MinSpeedup | None = None
+    technique: str | None = None
+    error: str | None = None
+    measured: bool = False
+    allocated_before: int | None = None
+    call_report: MemoryReport | None = None
+    trackers: list[MemoryTracker] = field(default_factory=list)
+    sd_pipe: Any = None
+    latency: Any = None
+    speedup: Any = None
+    leak_bytes: int | None = None
+
+    def budget_report(self) -> MemoryReport | None:
+        """The figures a budget applies to: the highest tracker block if the test used any
+        (it chose what to measure), else its whole call."""
+        blocks = [report for tracker in self.trackers for report in tracker.reports]
+        if blocks:
+            return MemoryReport.merge_max(blocks)
+        return self.call_report
+
+
+STATE = pytest.StashKey[TestState]()
+
+
+def technique_of(item: pytest.Item) -> str:
+    """The canonical technique expression of the item's sd_pipe: parametrized, marked, or none."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "sd_pipe" in callspec.params:
+        expr = callspec.params["sd_pipe"]
+    elif (mark := item.get_closest_marker("sd_technique")) is not None:
+        expr = parse_sd_technique(mark.args, mark.kwargs)
+    else:
+        expr = "none"
+    return parse_technique(expr).expr
+
+
+@dataclass
+class Collector:
+    """Records of measured tests, built from their reports (which also cross xdist's wire)."""
+
+    by_nodeid: dict[str, TestRecord] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[TestRecord]:
+        return list(self.by_nodeid.values())
+
+    def add(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "sdmem", None)
+        if report.when == "call" and data is not None:
+            self.by_nodeid[report.nodeid] = TestRecord.from_dict(data)
+            return
+        record = self.by_nodeid.get(report.nodeid)
+        if report.when == "teardown" and record is not None:
+            record.leak_bytes = getattr(report, "sdmem_leak_bytes", None)
+            if report.failed:
+                record.outcome = "error"

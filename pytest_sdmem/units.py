@@ -1,0 +1,83 @@
+"""Sizes and durations: parse what people write in markers and options, format what we report.
+
+Decimal units (KB, MB, GB, TB) are powers of 1000 because that is how diffusers writes its own
+thresholds (``2.8e9`` bytes is "2.8 GB"); binary units (KiB ... TiB) are powers of 1024.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+UNITS: dict[str, int] = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+ACCEPTED_SIZES = (
+    "a positive whole number of bytes (4096, 2.8e9), or a positive number and a unit, "
+    "e.g. '3GB', '2.8 GB', '512 MiB' (units, case-insensitive: B, KB, MB, GB, TB = powers "
+    "of 1000; KiB, MiB, GiB, TiB = powers of 1024)"
+)
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
+
+
+class UnitError(ValueError):
+    """A size or duration that does not parse; the message names the value and what is accepted."""
+
+
+def parse_size(value: float | str) -> int:
+    """Return the number of bytes ``value`` denotes; reject anything not exactly a size.
+
+    The whole string must match: "3GBxyz" is an error rather than 3 GB, because a typo in a
+    budget must not silently become a different budget.
+    """
+    if isinstance(value, bool):
+        raise UnitError(f"invalid size {value!r}: expected {ACCEPTED_SIZES}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.8e9, as diffusers writes thresholds, is a whole number of bytes
+    if isinstance(value, int):
+        if value <= 0:
+            raise UnitError(f"invalid size {value!r}: must be positive; expected {ACCEPTED_SIZES}")
+        return value
+    if not isinstance(value, str):
+        raise UnitError(
+            f"invalid size {value!r} of type {type(value).__name__}: expected {ACCEPTED_SIZES}"
+        )
+    match = _SIZE_RE.match(value)
+    if match is None or match.group(2).lower() not in UNITS:
+        raise UnitError(f"invalid size {value!r}: expected {ACCEPTED_SIZES}")
+    number, unit = match.groups()
+    size = float(number) * UNITS[unit.lower()]
+    if not math.isfinite(size) or size < 1:
+        raise UnitError(
+            f"invalid size {value!r}: must be at least 1 byte; expected {ACCEPTED_SIZES}"
+        )
+    return round(size)
+
+
+def format_size(n: float) -> str:
+    """Format bytes in decimal units, two decimals ("3.41 GB"), as budgets are written."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, factor in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+        if n >= factor:
+            return f"{sign}{n / factor:.2f} {unit}"
+    return f"{sign}{int(n)} B"
+
+
+def format_duration(seconds: float) -> str:
+    """Format a duration for tables and failure lines ("4.11 s", "812.3 ms", "95.0 µs")."""
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"

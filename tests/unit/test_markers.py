@@ -1,0 +1,53 @@
+"""Marker arguments: what is accepted, and that every rejection names the value and the forms."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_sdmem.markers import (
+    MarkerError,
+    MaxVram,
+    MinSpeedup,
+    parse_max_vram,
+    parse_min_speedup,
+    parse_sd_technique,
+)
+
+
+def test_max_vram_accepts_sizes_and_metrics() -> None:
+    assert parse_max_vram(("3GB",), {}) == MaxVram(3 * 10**9, "allocated")
+    assert parse_max_vram((), {"limit": 1024, "metric": "reserved"}) == MaxVram(1024, "reserved")
+    assert parse_max_vram(("1GiB",), {"metric": "process"}).metric == "process"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "fragment"),
+    [
+        (("3 bananas",), {}, "'3 bananas' is not a size"),
+        (("3GBxyz",), {}, "'3GBxyz'"),
+        ((), {}, "exactly one limit"),
+        (("1GB", "2GB"), {}, "exactly one limit"),
+        (("1GB",), {"metric": "peak"}, "metric 'peak' is unknown"),
+        (("1GB",), {"metrc": "allocated"}, "unexpected keyword(s) metrc"),
+    ],
+)
+def test_max_vram_errors(args: tuple, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(MarkerError) as err:
+        parse_max_vram(args, kwargs)
+    assert fragment in str(err.value)
+
+
+def test_min_speedup() -> None:
+    assert parse_min_speedup((2.5,), {}) == MinSpeedup(2.5, "none")
+    assert parse_min_speedup((2,), {"baseline": " fp16 "}) == MinSpeedup(2.0, "fp16")
+    for bad in (0, -1, "2x", float("nan"), float("inf"), True):
+        with pytest.raises(MarkerError, match="positive number"):
+            parse_min_speedup((bad,), {})
+    with pytest.raises(MarkerError, match="baseline"):
+        parse_min_speedup((2,), {"baseline": ""})
+
+
+def test_sd_technique() -> None:
+    assert parse_sd_technique(("fp16",), {}) == "fp16"
+    with pytest.raises(MarkerError, match="expects a string"):
+        parse_sd_technique((3,), {})

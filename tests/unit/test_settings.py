@@ -1,0 +1,59 @@
+"""Option values: defaults per device, and clear usage errors for what cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_sdmem.settings import SettingsError, build_settings
+
+CACHE = Path("/tmp/cache")
+
+
+def no_cuda() -> tuple[bool, int]:
+    return False, 0
+
+
+def two_gpus() -> tuple[bool, int]:
+    return True, 2
+
+
+def test_cpu_defaults() -> None:
+    s = build_settings({}, CACHE, no_cuda)
+    assert (s.device, s.model, s.steps, s.size, s.gpu) == ("cpu", "tiny", 2, 64, False)
+    assert s.cache_dir == CACHE and s.json_path is None and s.leak_threshold == 4_000_000
+
+
+def test_gpu_defaults_and_device_index() -> None:
+    s = build_settings({"gpu": True}, CACHE, two_gpus)
+    assert (s.device, s.model, s.steps, s.size) == ("cuda:0", "sd15", 25, 512)
+    assert build_settings({"gpu": True, "sdmem_device": "cuda"}, CACHE, two_gpus).device == "cuda:0"
+    with pytest.raises(SettingsError, match="only 2 CUDA device"):
+        build_settings({"gpu": True, "sdmem_device": "cuda:2"}, CACHE, two_gpus)
+
+
+def test_gpu_without_cuda_names_the_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(SettingsError) as err:
+        build_settings({"gpu": True}, CACHE, no_cuda)
+    assert "torch.cuda.is_available() = False" in str(err.value)
+    assert "CUDA_VISIBLE_DEVICES=" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"sdmem_device": "tpu"}, "expected cpu, cuda or cuda:N"),
+        ({"sdmem_device": "cuda:0"}, "add --gpu"),
+        ({"sdmem_steps": "0"}, "--sdmem-steps='0'"),
+        ({"sdmem_size": "abc"}, "--sdmem-size='abc'"),
+        ({"sdmem_size": "100"}, "multiple of 8"),
+        ({"sdmem_max_time": "-1"}, "--sdmem-max-time"),
+        ({"sdmem_leak_threshold": "lots"}, "--sdmem-leak-threshold"),
+    ],
+)
+def test_bad_values(raw: dict, fragment: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        build_settings(raw, CACHE, no_cuda)
+    assert fragment in str(err.value)

@@ -1,0 +1,207 @@
+"""Statistics of timing claims on known data: exact order-statistic ranks, their coverage,
+verdicts at the boundaries, and the words a failure is reported in."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from pytest_sdmem.stats import (
+    SpeedupResult,
+    format_percent,
+    iqr,
+    median,
+    median_ci,
+    median_ci_ranks,
+    min_sample_size,
+    speedup_verdict,
+)
+
+
+def test_median_and_iqr_on_known_values() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert iqr([float(v) for v in range(1, 10)]) == 4.0  # quartiles 3 and 7, as numpy's default
+    assert iqr([5.0]) == 0.0
+
+
+@pytest.mark.parametrize("fn", [median, iqr])
+def test_no_values_is_an_error(fn) -> None:
+    with pytest.raises(ValueError, match="no values"):
+        fn([])
+
+
+@pytest.mark.parametrize(
+    ("n", "lower", "upper", "coverage"),
+    [
+        (6, 0, 5, 1 - 2 / 64),  # the smallest sample at 95%: [min, max]
+        (9, 1, 7, 1 - 2 * 10 / 512),
+        (10, 1, 8, 1 - 2 * 11 / 1024),  # 2nd and 9th of 10, the textbook case
+        (20, 5, 14, 0.9586105346679688),  # 6th and 15th of 20 (tables of the sign test)
+        (30, 9, 20, 0.9572260547429323),  # 10th and 21st of 30
+    ],
+)
+def test_median_ci_ranks_match_the_tables(n: int, lower: int, upper: int, coverage: float) -> None:
+    ranks = median_ci_ranks(n, 0.95)
+    assert ranks is not None
+    assert (ranks.lower, ranks.upper) == (lower, upper)
+    assert ranks.coverage == pytest.approx(coverage, rel=1e-12)
+
+
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_median_ci_ranks_are_the_narrowest_with_enough_coverage(confidence: float) -> None:
+    def coverage(n: int, excluded: int) -> float:
+        return 1 - 2 * sum(math.comb(n, i) for i in range(excluded)) / 2**n
+
+    for n in range(min_sample_size(confidence), 150):
+        ranks = median_ci_ranks(n, confidence)
+        assert ranks is not None
+        excluded = ranks.lower + 1
+        assert ranks.upper == n - 1 - ranks.lower
+        assert coverage(n, excluded) >= confidence
+        assert coverage(n, excluded + 1) < confidence, f"a narrower interval suffices at n={n}"
+
+
+@pytest.mark.parametrize(("confidence", "smallest"), [(0.9, 5), (0.95, 6), (0.99, 8), (0.5, 2)])
+def test_smallest_sample_with_an_interval(confidence: float, smallest: int) -> None:
+    assert min_sample_size(confidence) == smallest
+    assert median_ci_ranks(smallest - 1, confidence) is None
+
+
+def test_median_ci_takes_the_order_statistics() -> None:
+    values = [7.0, 3.0, 10.0, 1.0, 5.0, 9.0, 2.0, 8.0, 4.0, 6.0]
+    assert median_ci(values, 0.95) == (2.0, 9.0)
+
+
+def test_median_ci_covers_the_true_median_as_often_as_it_says() -> None:
+    """Skewed data like round times: exponential, whose median is ln 2."""
+    rng = random.Random(1234)
+    trials = 4000
+    covered = sum(
+        lo <= math.log(2) <= hi
+        for lo, hi in (median_ci([rng.expovariate(1.0) for _ in range(10)]) for _ in range(trials))
+    )
+    assert covered / trials == pytest.approx(1 - 22 / 1024, abs=0.01)
+
+
+def test_median_ci_with_too_few_values_says_how_many_it_needs() -> None:
+    with pytest.raises(ValueError, match=" interval of the median needs at least 6 values, got 5"):
+        median_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+@pytest.mark.parametrize("confidence", [0, 1, 1.5, -0.1, True])
+def test_confidence_outside_the_open_unit_interval_is_an_error(confidence: float) -> None:
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        median_ci_ranks(10, confidence)
+
+
+def test_verdict_at_the_boundaries() -> None:
+    assert speedup_verdict([2.0] * 6, 2.0, 0.95) == "pass"  # at the factor counts as meeting it
+    assert speedup_verdict([2.0] * 6, 2.0001, 0.95) == "fail"
+    assert speedup_verdict([1.8, 2.2] * 3, 2.0, 0.95) == "inconclusive"
+    assert speedup_verdict([5.0] * 5, 2.0, 0.95) == "inconclusive"  # too few for an interval
+
+
+def _result(**changes: object) -> SpeedupResult:
+    """The failure of the issue's example: 2.31x against a claim of 2.50x."""
+    fields: dict[str, object] = dict(
+        factor=2.5,
+        confidence=0.95,
+        times_test=(4.11,) * 12,
+        times_base=(9.5,) * 12,
+        ratios=(2.31,) * 12,
+        median_test=4.11,
+        median_base=9.5,
+        ratio=2.31,
+        ci_low=2.27,
+        ci_high=2.35,
+        pairs=12,
+        verdict="fail",
+        stop_reason="verdict",
+        elapsed=163.4,
+    )
+    fields.update(changes)
+    return SpeedupResult(**fields)  # type: ignore[arg-type]
+
+
+def test_reason_of_a_failure_is_one_line_with_every_figure() -> None:
+    assert _result().reason("none") == (
+        "speedup 2.31x (95% CI 2.27-2.35, 12 pairs) below min_speedup 2.50x against 'none' "
+        "(median 4.11 s vs 9.50 s)"
+    )
+
+
+def test_reason_of_a_pass_and_of_an_inconclusive_run() -> None:
+    assert " meets min_speedup 2.00x against 'fp16' " in _result(factor=2.0, verdict="pass").reason(
+        "fp16"
+    )
+    line = _result(factor=2.3, verdict="inconclusive", stop_reason="max_time").reason("none")
+    assert (
+        "inconclusive for min_speedup 2.30x against 'none': the interval still contains "
+        "2.30x after 163.40 s (median 4.11 s vs 9.50 s)" in line
+    )
+    assert "\n" not in line
+
+
+def test_from_pairs_computes_ratios_medians_and_interval() -> None:
+    times_test = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0]
+    times_base = [2.0, 2.2, 1.8, 2.1, 1.9, 2.0, 2.0]
+    result = SpeedupResult.from_pairs(
+        times_test, times_base, factor=1.5, confidence=0.95, stop_reason="verdict", elapsed=20.0
+    )
+    assert result.ratios == (2.0, 2.2, 1.8, 2.1, 1.9, 2.0, 1.0)
+    assert (result.ratio, result.ci_low, result.ci_high) == (2.0, 1.0, 2.2)
+    assert (result.median_test, result.median_base, result.pairs) == (1.0, 2.0, 7)
+    assert result.verdict == "inconclusive"  # the interval reaches down to 1.0
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["ratios"] == list(result.ratios)
+    assert data["verdict"] == "inconclusive"
+    assert {"ratio", "ci_low", "ci_high", "median_test", "median_base", "pairs"} <= data.keys()
+
+
+def test_from_pairs_with_too_few_pairs_has_no_interval() -> None:
+    result = SpeedupResult.from_pairs(
+        [1.0] * 3, [3.0] * 3, factor=2.0, confidence=0.95, stop_reason="max_time", elapsed=12.0
+    )
+    assert (result.ci_low, result.ci_high, result.verdict) == (None, None, "inconclusive")
+    assert result.reason("none") == (
+        "speedup 3.00x (no 95% CI: 3 pairs of the 6 it needs) inconclusive for min_speedup 2.00x "
+        "against 'none': too few pairs for an interval after 12.00 s (median 1.00 s vs 3.00 s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("times_test", "times_base", "match"),
+    [
+        ([1.0, 1.0], [1.0], "same positive number"),
+        ([], [], "same positive number"),
+        ([0.0], [1.0], "positive"),
+    ],
+)
+def test_from_pairs_rejects_inconsistent_times(times_test, times_base, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SpeedupResult.from_pairs(
+            times_test, times_base, factor=2.0, confidence=0.95, stop_reason="verdict", elapsed=1.0
+        )
+
+
+def test_section_lists_every_pair_with_its_order() -> None:
+    result = SpeedupResult.from_pairs(
+        [0.5, 0.25], [1.0, 1.0], factor=2.0, confidence=0.95, stop_reason="max_time", elapsed=2.8
+    )
+    lines = result.section().splitlines()
+    assert lines[2].split() == ["1", "base", "1.00", "s", "500.0", "ms", "2.00x"]
+    assert lines[3].split() == ["2", "test", "1.00", "s", "250.0", "ms", "4.00x"]
+    assert "stopped by max_time" in lines[0]
+    assert lines[-1].endswith("verdict inconclusive against 2.00x")
+
+
+def test_format_percent() -> None:
+    assert (format_percent(0.95), format_percent(0.999), format_percent(0.9)) == (
+        "95%",
+        "99.9%",
+        "90%",
+    )

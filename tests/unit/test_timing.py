@@ -1,0 +1,329 @@
+"""Timing and paired speed-ups.
+
+Two kinds of test: the control flow (stop reasons, order of calls, warm-up, sync, budgets) on a
+fake clock, where every duration is exact; and verdicts on real computation whose true ratio is
+known, repeated, on whatever load this machine has while the tests run.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+
+from pytest_sdmem import timing
+from pytest_sdmem.timing import (
+    CLOCK_TICK,
+    measure,
+    measure_speedup,
+    no_sync,
+    synchronizer,
+)
+
+
+class FakeClock:
+    """A perf_counter that moves only when a fake task runs, with an asynchronous queue.
+
+    A task either advances the clock while it runs, or (``queued``) leaves its seconds pending
+    like a GPU kernel, to be paid by the next ``sync()``.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pending = 0.0
+        self.log: list[str] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sync(self) -> None:
+        self.log.append("sync")
+        self.now += self.pending
+        self.pending = 0.0
+
+    def task(self, name: str, seconds: Iterable[float], queued: bool = False) -> Callable[[], None]:
+        durations = itertools.cycle(seconds)
+
+        def run() -> None:
+            self.log.append(name)
+            if queued:
+                self.pending += next(durations)
+            else:
+                self.now += next(durations)
+
+        return run
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "perf_counter", fake)
+    return fake
+
+
+# --- measure ---------------------------------------------------------------------------------
+
+
+def test_warmup_is_excluded_and_a_steady_callable_stops_on_precision(clock: FakeClock) -> None:
+    fn = clock.task("fn", [100.0] + [1.0] * 50)  # a slow first call, like compilation
+    result = measure(fn, warmup=1, min_rounds=3)
+    assert result.times == (1.0,) * 6  # 6 rounds: the fewest with a 95% interval
+    assert (result.stop_reason, result.warmup, result.rounds) == ("precision", 1, 6)
+    assert (result.median, result.iqr, result.total, result.ci) == (1.0, 0.0, 6.0, (1.0, 1.0))
+
+
+def test_noisy_callable_stops_at_max_rounds(clock: FakeClock) -> None:
+    result = measure(clock.task("fn", [1.0, 2.0]), max_rounds=10, rel_precision=0.01)
+    assert (result.stop_reason, result.rounds) == ("max_rounds", 10)
+
+
+def test_noisy_callable_stops_before_the_next_round_would_overrun_max_time(
+    clock: FakeClock,
+) -> None:
+    result = measure(clock.task("fn", [1.0, 2.0]), warmup=0, max_time=10.5, rel_precision=0.01)
+    assert result.stop_reason == "max_time"
+    # after 6 rounds (9 s) one more at the average 1.5 s fits; after 7 (10 s) it would not
+    assert (result.rounds, result.total) == (7, 10.0)
+
+
+def test_min_rounds_is_a_floor_the_budget_does_not_cut(clock: FakeClock) -> None:
+    result = measure(clock.task("fn", [1.0]), min_rounds=4, max_time=0.001)
+    assert (result.stop_reason, result.rounds) == ("max_time", 4)
+
+
+def test_each_round_syncs_before_the_clock_and_counts_queued_work(clock: FakeClock) -> None:
+    clock.pending = 50.0  # work left on the device by earlier code
+    fn = clock.task("fn", [3.0], queued=True)
+    result = measure(fn, sync=clock.sync, warmup=0)
+    assert result.times == (3.0,) * result.rounds  # the 50 s are not in the first round
+    assert clock.log == ["sync", "fn", "sync"] * result.rounds
+
+
+def test_unsynchronized_queued_work_would_be_invisible(clock: FakeClock) -> None:
+    """Why sync matters: without it, asynchronous work times as nothing (one clock tick)."""
+    result = measure(clock.task("fn", [3.0], queued=True), warmup=0)
+    assert result.median == CLOCK_TICK
+
+
+def test_zero_durations_count_as_one_clock_tick(clock: FakeClock) -> None:
+    result = measure(clock.task("fn", [0.0]))
+    assert result.times == (CLOCK_TICK,) * 6
+    assert result.stop_reason == "precision"
+
+
+def test_to_dict_is_json_ready(clock: FakeClock) -> None:
+    data = json.loads(json.dumps(measure(clock.task("fn", [2.0])).to_dict()))
+    assert data["median"] == 2.0
+    assert data["stop_reason"] == "precision"
+    assert (data["rounds"], data["warmup"], data["total"], data["iqr"]) == (6, 1, 12.0, 0.0)
+    assert (data["ci_low"], data["ci_high"], data["confidence"]) == (2.0, 2.0, 0.95)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_rounds": 0},
+        {"min_rounds": 5, "max_rounds": 4},
+        {"max_time": 0},
+        {"max_time": float("nan")},
+        {"rel_precision": -0.1},
+        {"confidence": 1.0},
+        {"warmup": -1},
+        {"warmup": True},
+    ],
+)
+def test_measure_rejects_bad_arguments_before_calling(clock: FakeClock, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        measure(clock.task("fn", [1.0]), **kwargs)
+    assert clock.log == []
+
+
+def _fails_on_call(number: int) -> Callable[[], None]:
+    calls = itertools.count(1)
+
+    def fn() -> None:
+        if next(calls) == number:
+            raise RuntimeError(f"boom on call {number}")
+
+    return fn
+
+
+@pytest.mark.parametrize("number", [1, 3])  # in the warm-up, in a timed round
+def test_exceptions_of_the_callable_propagate(number: int) -> None:
+    with pytest.raises(RuntimeError, match=f"boom on call {number}"):
+        measure(_fails_on_call(number))
+    with pytest.raises(RuntimeError, match=f"boom on call {number}"):
+        measure_speedup(_fails_on_call(number), no_sync, factor=1.0)
+
+
+# --- measure_speedup on the fake clock -------------------------------------------------------
+
+
+def test_pairs_alternate_their_order_after_warmup(clock: FakeClock) -> None:
+    result = measure_speedup(
+        clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, warmup=1
+    )
+    assert clock.log[:2] == ["base", "test"]  # warm-up
+    assert clock.log[2:] == ["base", "test", "test", "base"] * 3
+    assert (result.verdict, result.stop_reason, result.pairs) == ("pass", "verdict", 6)
+    assert (result.ratio, result.ci_low, result.ci_high) == (2.0, 2.0, 2.0)
+    assert (result.median_test, result.median_base, result.elapsed) == (1.0, 2.0, 18.0)
+
+
+def test_a_clear_shortfall_fails_at_the_first_interval(clock: FakeClock) -> None:
+    result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [2.0]), factor=3.0)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("fail", "verdict", 6)
+
+
+def test_an_undecidable_claim_is_inconclusive_within_max_time(clock: FakeClock) -> None:
+    """Ratios alternate 1.8 and 2.2: the interval of their median always contains 2.0."""
+    result = measure_speedup(
+        clock.task("test", [1.0]), clock.task("base", [1.8, 2.2]), factor=2.0, max_time=30.0
+    )
+    assert (result.verdict, result.stop_reason) == ("inconclusive", "max_time")
+    assert result.elapsed <= 30.0
+    assert result.pairs == 9  # 27.2 s done; one more pair at the average 3.02 s would overrun
+    assert "inconclusive for min_speedup 2.00x" in result.reason("none")
+
+
+@pytest.mark.parametrize(("min_pairs", "pairs"), [(None, 6), (10, 10)])
+def test_min_pairs_is_a_floor_the_budget_does_not_cut(
+    clock: FakeClock, min_pairs: int | None, pairs: int
+) -> None:
+    result = measure_speedup(
+        clock.task("test", [1.0]),
+        clock.task("base", [1.8, 2.2]),
+        factor=2.0,
+        min_pairs=min_pairs,
+        max_time=0.001,
+    )
+    assert (result.verdict, result.pairs) == ("inconclusive", pairs)
+
+
+def test_higher_confidence_needs_more_pairs(clock: FakeClock) -> None:
+    result = measure_speedup(
+        clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, confidence=0.99
+    )
+    assert (result.verdict, result.pairs, result.confidence) == ("pass", 8, 0.99)
+
+
+def test_speedup_sync_counts_queued_device_work(clock: FakeClock) -> None:
+    result = measure_speedup(
+        clock.task("test", [1.0], queued=True),
+        clock.task("base", [3.0], queued=True),
+        factor=2.5,
+        sync=clock.sync,
+    )
+    assert (result.verdict, result.ratio) == ("pass", 3.0)
+
+
+def test_zero_durations_give_a_ratio_of_one(clock: FakeClock) -> None:
+    instant = clock.task("instant", [0.0])
+    assert measure_speedup(instant, instant, factor=1.0).verdict == "pass"
+    assert measure_speedup(instant, instant, factor=1.01).verdict == "fail"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"factor": 0},
+        {"factor": -2.0},
+        {"factor": float("nan")},
+        {"factor": float("inf")},
+        {"factor": True},
+        {"factor": "2"},
+        {"factor": 2.0, "min_pairs": 5},
+        {"factor": 2.0, "max_time": -1},
+        {"factor": 2.0, "confidence": 0},
+    ],
+)
+def test_speedup_rejects_bad_arguments_before_calling(clock: FakeClock, kwargs: dict) -> None:
+    fn = clock.task("fn", [1.0])
+    with pytest.raises(ValueError):
+        measure_speedup(fn, fn, **kwargs)
+    assert clock.log == []
+
+
+# --- synchronizer ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_host_devices_need_no_sync(device: str) -> None:
+    assert synchronizer(device) is no_sync
+
+
+def test_cuda_sync_waits_on_the_named_device() -> None:
+    import torch
+
+    sync = synchronizer("cuda:1")
+    assert isinstance(sync, functools.partial)
+    assert (sync.func, sync.args) == (torch.cuda.synchronize, ("cuda:1",))
+
+
+def test_unknown_device_is_an_error() -> None:
+    with pytest.raises(ValueError, match="cannot synchronize device 'tpu'"):
+        synchronizer("tpu")
+
+
+# --- verdicts on real computation ------------------------------------------------------------
+
+# np.sin over 20k doubles: ~0.1 ms a pass on this kind of machine, and numpy ufuncs run on one
+# thread, so a neighbour's tests compete with ours for a core but our own threads do not.
+_DATA = np.linspace(0.0, 1.0, 20_000)
+_OUT = np.empty_like(_DATA)
+_PASSES_PER_UNIT = 5
+_REPEATS = 20
+_BUDGET = 5.0  # seconds per verdict; a verdict on idle cores takes ~20 ms
+
+
+def _work(units: int) -> Callable[[], None]:
+    """A fixed amount of real computation (not sleep): ``units`` times the same passes."""
+
+    def run() -> None:
+        for _ in range(units * _PASSES_PER_UNIT):
+            np.sin(_DATA, out=_OUT)
+
+    return run
+
+
+def _verdicts(fn_test: Callable[[], None], fn_base: Callable[[], None], factor: float) -> list:
+    return [
+        measure_speedup(fn_test, fn_base, factor=factor, max_time=_BUDGET) for _ in range(_REPEATS)
+    ]
+
+
+def _lines(results: list) -> str:
+    return "\n".join(r.reason("base") for r in results)
+
+
+def test_twice_as_fast_passes_min_speedup_1_5_every_time() -> None:
+    results = _verdicts(_work(1), _work(2), 1.5)
+    assert [r.verdict for r in results] == ["pass"] * _REPEATS, _lines(results)
+
+
+def test_twice_as_fast_fails_min_speedup_3_every_time() -> None:
+    results = _verdicts(_work(1), _work(2), 3.0)
+    assert [r.verdict for r in results] == ["fail"] * _REPEATS, _lines(results)
+
+
+def test_itself_fails_min_speedup_1_3_within_the_budget() -> None:
+    same = _work(1)
+    for _ in range(_REPEATS):
+        start = time.perf_counter()
+        result = measure_speedup(same, same, factor=1.3, max_time=_BUDGET)
+        wall = time.perf_counter() - start
+        assert result.verdict != "pass", result.section()  # inconclusive is a failure too
+        assert wall <= _BUDGET + 0.5, f"{wall:.2f} s for a {_BUDGET} s budget"
+
+
+def test_measure_real_work_reports_a_consistent_summary() -> None:
+    result = measure(_work(1), max_time=1.0)
+    assert result.stop_reason in ("precision", "max_time")
+    assert result.rounds >= 3
+    assert result.total <= 1.1  # the budget is kept by predicting the next round, not by a cut
+    assert min(result.times) <= result.median <= max(result.times)

@@ -1,0 +1,59 @@
+"""Sizes as budgets are written: decimal units as diffusers writes them, binary units exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_sdmem.units import UnitError, format_duration, format_size, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3GB", 3 * 10**9),
+        ("2.8 GB", 2_800_000_000),
+        ("2.8e9", None),
+        ("3gib", 3 * 2**30),
+        ("512 MiB", 512 * 2**20),
+        ("  1 kb ", 1000),
+        ("1KiB", 1024),
+        ("7 b", 7),
+        ("1.5TB", 1_500_000_000_000),
+        ("0.5 TiB", 2**39),
+        (".5GB", 500_000_000),
+        (4096, 4096),
+        (2.8e9, 2_800_000_000),
+    ],
+)
+def test_parse_size(text: str | int, expected: int | None) -> None:
+    if expected is None:
+        with pytest.raises(UnitError):
+            parse_size(text)
+    else:
+        assert parse_size(text) == expected
+
+
+def test_gb_and_gib_differ_by_the_binary_factor() -> None:
+    assert parse_size("1GiB") - parse_size("1GB") == 2**30 - 10**9 == 73_741_824
+
+
+@pytest.mark.parametrize("bad", ["3GBxyz", "3 bananas", "-1GB", "0", "", "GB", "3 G B", "0GB",
+                                 "1e3MB", "nan GB", 0, -5, True, 3.5, None])
+def test_malformed_sizes_are_rejected_with_the_accepted_forms(bad: object) -> None:
+    with pytest.raises(UnitError) as err:
+        parse_size(bad)  # type: ignore[arg-type]
+    assert repr(bad) in str(err.value)
+    assert "GiB" in str(err.value) and "powers of 1000" in str(err.value)
+
+
+def test_format_size_uses_decimal_units() -> None:
+    assert format_size(3_410_000_000) == "3.41 GB"
+    assert format_size(512) == "512 B"
+    assert format_size(64 * 2**20) == "67.11 MB"
+    assert format_size(-410_000_000) == "-410.00 MB"
+
+
+def test_format_duration() -> None:
+    assert format_duration(4.111) == "4.11 s"
+    assert format_duration(0.8123) == "812.3 ms"
+    assert format_duration(95e-6) == "95.0 µs"
