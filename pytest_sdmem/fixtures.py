@@ -43,7 +43,7 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
     """
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
     from pytest_sdmem.pipelines import ModelError
-    from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
+    from pytest_sdmem.runner import GenerationArgs, UnmetRequirementError, make_sd_pipe
 
     settings = request.config.stash[SETTINGS]
     defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
@@ -51,6 +51,8 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
     try:
         pipe = make_sd_pipe(settings.model, technique_of(request.node), settings.device,
                             settings.cache_dir, defaults)
+    except UnmetRequirementError as exc:  # normally skipped at collection already
+        pytest.skip("; ".join(exc.reasons))
     except ModelError as exc:
         pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
     state = request.node.stash.get(STATE, None)
@@ -60,6 +62,5 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
         yield pipe
     finally:
         if state is not None:
-            state.latency = pipe.last_latency
             state.sd_pipe = None
         pipe.release()

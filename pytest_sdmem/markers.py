@@ -7,6 +7,7 @@ is reported at collection against its own test, with the value given and the acc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,12 @@ METRICS = {
 }
 
 MARKERS = {
-    "max_vram": "max_vram(limit, *, metric='allocated'): fail the test when the peak device "
-    "memory of its call exceeds limit (bytes, or '3GB', '2.8 GB', '512MiB')",
-    "min_speedup": "min_speedup(factor, *, baseline='none'): fail the test unless its sd_pipe is "
-    "at least factor times faster than the baseline technique (paired rounds, 95% CI)",
+    "max_vram": "max_vram(limit, *, metric='allocated') or max_vram(budget='KEY'): fail the test "
+    "when the peak device memory of its call exceeds limit (bytes, or '3GB', '2.8 GB', '512MiB')"
+    " or the budgets file's KEY for this device",
+    "min_speedup": "min_speedup(factor, *, baseline='none') or min_speedup(budget='KEY'): fail "
+    "the test unless its sd_pipe is at least factor times faster than the baseline technique "
+    "(paired rounds, 95% CI)",
     "gpu": "gpu: the test needs a CUDA device; skipped without --gpu",
     "sd_technique": "sd_technique(expr): the technique expression for the sd_pipe fixture, "
     "e.g. 'fp16+vae_slicing'",
@@ -34,19 +37,26 @@ class MarkerError(ValueError):
     """A marker whose arguments cannot be used; ``str()`` is the whole message."""
 
 
+#: Looks a named budget up for this device: ``(kind, key) -> value``, kind "vram" or "speedup".
+BudgetLookup = Callable[[str, str], Any]
+
+
 @dataclass(frozen=True)
 class MaxVram:
     limit: int
     metric: str = "allocated"
+    budget_key: str | None = None
 
     def describe(self) -> str:
-        return f"max_vram {format_size(self.limit)} ({self.metric})"
+        named = f" [budget {self.budget_key}]" if self.budget_key else ""
+        return f"max_vram {format_size(self.limit)} ({self.metric}){named}"
 
 
 @dataclass(frozen=True)
 class MinSpeedup:
     factor: float
     baseline: str = "none"
+    budget_key: str | None = None
 
 
 def _one_positional(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
@@ -58,6 +68,28 @@ def _one_positional(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], ke
                       f"usage: {MARKERS[name]}")
 
 
+def _value_or_budget(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], key: str,
+                     kind: str, lookup: BudgetLookup | None) -> tuple[Any, str | None]:
+    """The marker's value, given directly or as ``budget="KEY"`` from the budgets file."""
+    if "budget" not in kwargs:
+        return _one_positional(name, args, kwargs, key), None
+    budget_key = kwargs["budget"]
+    if args or key in kwargs:
+        raise MarkerError(f"@pytest.mark.{name} takes a {key} or budget=, not both; "
+                          f"usage: {MARKERS[name]}")
+    if not isinstance(budget_key, str) or not budget_key:
+        raise MarkerError(f"@pytest.mark.{name} budget {budget_key!r} is not valid; accepted: "
+                          "a key of the budgets file (--sdmem-budgets)")
+    if lookup is None:
+        raise MarkerError(f"@pytest.mark.{name}(budget={budget_key!r}) needs a budgets file: "
+                          "set --sdmem-budgets PATH (or the sdmem_budgets ini key)")
+    try:
+        return lookup(kind, budget_key), budget_key
+    except (KeyError, ValueError) as exc:
+        message = exc.args[0] if exc.args else str(exc)
+        raise MarkerError(f"@pytest.mark.{name}(budget={budget_key!r}): {message}") from None
+
+
 def _check_keywords(name: str, kwargs: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -65,9 +97,10 @@ def _check_keywords(name: str, kwargs: dict[str, Any], allowed: set[str]) -> Non
                           f"usage: {MARKERS[name]}")
 
 
-def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MaxVram:
-    _check_keywords("max_vram", kwargs, {"limit", "metric"})
-    raw = _one_positional("max_vram", args, kwargs, "limit")
+def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any],
+                   lookup: BudgetLookup | None = None) -> MaxVram:
+    _check_keywords("max_vram", kwargs, {"limit", "metric", "budget"})
+    raw, budget_key = _value_or_budget("max_vram", args, kwargs, "limit", "vram", lookup)
     try:
         limit = parse_size(raw)
     except UnitError:
@@ -80,13 +113,14 @@ def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MaxVram:
             f"@pytest.mark.max_vram metric {metric!r} is unknown; accepted: "
             + "; ".join(f"'{k}' ({v})" for k, v in METRICS.items())
         )
-    return MaxVram(limit=limit, metric=metric)
+    return MaxVram(limit=limit, metric=metric, budget_key=budget_key)
 
 
-def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MinSpeedup:
+def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any],
+                      lookup: BudgetLookup | None = None) -> MinSpeedup:
     """Parse the factor; the baseline technique is validated by the technique registry."""
-    _check_keywords("min_speedup", kwargs, {"factor", "baseline"})
-    raw = _one_positional("min_speedup", args, kwargs, "factor")
+    _check_keywords("min_speedup", kwargs, {"factor", "baseline", "budget"})
+    raw, budget_key = _value_or_budget("min_speedup", args, kwargs, "factor", "speedup", lookup)
     factor: float | None = None
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         factor = float(raw)
@@ -97,7 +131,7 @@ def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MinSpeed
     if not isinstance(baseline, str) or not baseline.strip():
         raise MarkerError(f"@pytest.mark.min_speedup baseline {baseline!r} is not valid; "
                           "accepted: a technique expression such as 'none' or 'fp16'")
-    return MinSpeedup(factor=factor, baseline=baseline.strip())
+    return MinSpeedup(factor=factor, baseline=baseline.strip(), budget_key=budget_key)
 
 
 def parse_sd_technique(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -49,6 +49,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sdmem-leak-threshold", "device memory a test may leave behind before it is "
            "reported as a leak", default="4MB", metavar="SIZE"),
     Option("--sdmem-strict-leaks", "fail tests that leave device memory behind", "bool"),
+    Option("--sdmem-budgets", "TOML file of named budgets per GPU model, for "
+           "max_vram(budget=KEY) and min_speedup(budget=KEY) "
+           "(default: tests/techniques/budgets.toml under the rootdir, if present)",
+           metavar="PATH"),
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import warnings
 from collections.abc import Generator
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
 from pytest_sdmem.markers import (
     MARKERS,
+    BudgetLookup,
     MarkerError,
     MaxVram,
     parse_max_vram,
@@ -24,14 +26,17 @@ from pytest_sdmem.markers import (
     parse_sd_technique,
 )
 from pytest_sdmem.memory import MemoryReport, MemoryTracker, get_backend
-from pytest_sdmem.options import add_options, default_cache_dir, resolve
+from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
-from pytest_sdmem.settings import SettingsError, build_settings
+from pytest_sdmem.settings import Settings, SettingsError, build_settings
 from pytest_sdmem.state import SETTINGS, STATE, Collector, TestState, technique_of
 from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
 from pytest_sdmem.units import format_size
 from pytest_sdmem.verdicts import SpeedupVerdict, VramVerdict, is_out_of_memory
+
+DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
+BUDGETS = pytest.StashKey["BudgetLookup | None"]()
 
 
 class SdmemLeakWarning(UserWarning):
@@ -45,25 +50,51 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", doc if doc.startswith(name) else f"{name}: {doc}")
-    raw = {opt: resolve(config, opt) for opt in (
-        "gpu", "sdmem_device", "sdmem_json", "sdmem_model", "sdmem_cache_dir", "sdmem_steps",
-        "sdmem_size", "sdmem_max_time", "sdmem_leak_threshold", "sdmem_strict_leaks")}
+    raw = {opt.dest: resolve(config, opt.dest) for opt in OPTIONS}
+    default_budgets = config.rootpath / DEFAULT_BUDGETS
+    if raw["sdmem_budgets"] is None and default_budgets.is_file():
+        raw["sdmem_budgets"] = str(default_budgets)
     try:
         settings = build_settings(raw, default_cache_dir(config.rootpath))
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
     config.stash[SETTINGS] = settings
+    config.stash[BUDGETS] = _budget_lookup(settings)
     config.pluginmanager.register(SessionHooks(config), "sdmem-session")
 
 
-def _validate(item: pytest.Item, settings: Any) -> TestState:
+def _budget_lookup(settings: Settings) -> BudgetLookup | None:
+    """Named budgets for this session's device, or None without a budgets file.
+
+    A budgets file that cannot be read is a usage error: every budgeted test would be wrong.
+    """
+    if settings.budgets_path is None:
+        return None
+    from pytest_sdmem.budgets import BudgetError, load_budgets
+
+    try:
+        budgets = load_budgets(settings.budgets_path)
+    except BudgetError as exc:
+        raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
+    device_name = get_backend(settings.device).device_name
+
+    def lookup(kind: str, key: str) -> Any:
+        if kind == "vram":
+            return budgets.vram(key, device_name)
+        return budgets.speedup(key, device_name)
+
+    return lookup
+
+
+def _validate(item: pytest.Item, settings: Settings) -> TestState:
     """Parse the item's markers and technique once, at collection; errors stay on the item."""
     state = TestState()
+    lookup = item.config.stash[BUDGETS]
     try:
         if (mark := item.get_closest_marker("max_vram")) is not None:
-            state.max_vram = parse_max_vram(mark.args, mark.kwargs)
+            state.max_vram = parse_max_vram(mark.args, mark.kwargs, lookup)
         if (mark := item.get_closest_marker("min_speedup")) is not None:
-            state.min_speedup = parse_min_speedup(mark.args, mark.kwargs)
+            state.min_speedup = parse_min_speedup(mark.args, mark.kwargs, lookup)
             parse_technique(state.min_speedup.baseline)
             if "sd_pipe" not in getattr(item, "fixturenames", ()):
                 raise MarkerError("@pytest.mark.min_speedup compares the test's sd_pipe with its "
@@ -118,10 +149,12 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     finally:
         state.call_report = tracker.stop()
     if state.min_speedup is not None and state.sd_pipe is not None:
-        state.speedup = state.sd_pipe.speedup_over(
-            state.min_speedup.baseline, factor=state.min_speedup.factor,
-            max_time=settings.max_time,
-        )
+        # The same generation the test ran (or the defaults), outside the memory window.
+        pipe = state.sd_pipe
+        args = asdict(pipe.last_args) if pipe.last_args is not None else {}
+        state.speedup = pipe.speedup_over(state.min_speedup.baseline,
+                                          factor=state.min_speedup.factor,
+                                          max_time=settings.max_time, **args)
     return result
 
 
@@ -222,10 +255,22 @@ def _record(item: pytest.Item, state: TestState, report: MemoryReport | None, ou
         memory=report.to_dict() if report else None,
         budget=({"max_vram_bytes": state.max_vram.limit, "metric": state.max_vram.metric}
                 if state.max_vram else None),
-        latency=state.latency.to_dict() if state.latency else None,
+        latency=_latency(state),
         speedup=state.speedup.to_dict() if state.speedup else None,
         verdicts=[v.to_dict() for v in verdicts],
     )
+
+
+def _latency(state: TestState) -> dict[str, Any] | None:
+    """The test pipeline's own latency: from ``sd_pipe.latency()`` if the test measured it,
+    else from the test side of the min_speedup rounds."""
+    timing = getattr(state.sd_pipe, "last_latency", None)
+    if timing is not None:
+        return timing.to_dict()
+    if state.speedup is not None:
+        return {"median": state.speedup.median_test, "rounds": state.speedup.pairs,
+                "source": "min_speedup"}
+    return None
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:

@@ -35,6 +35,7 @@ class Settings:
     leak_threshold: int
     strict_leaks: bool
     json_path: Path | None
+    budgets_path: Path | None = None
 
     @property
     def is_cuda(self) -> bool:
@@ -117,4 +118,5 @@ def build_settings(
         leak_threshold=leak_threshold,
         strict_leaks=bool(raw.get("sdmem_strict_leaks")),
         json_path=Path(json_path) if json_path else None,
+        budgets_path=Path(raw["sdmem_budgets"]) if raw.get("sdmem_budgets") else None,
     )

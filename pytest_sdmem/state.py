@@ -32,7 +32,6 @@ class TestState:
     call_report: MemoryReport | None = None
     trackers: list[MemoryTracker] = field(default_factory=list)
     sd_pipe: Any = None
-    latency: Any = None
     speedup: Any = None
     leak_bytes: int | None = None
 

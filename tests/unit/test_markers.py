@@ -51,3 +51,23 @@ def test_sd_technique() -> None:
     assert parse_sd_technique(("fp16",), {}) == "fp16"
     with pytest.raises(MarkerError, match="expects a string"):
         parse_sd_technique((3,), {})
+
+
+def test_named_budgets_come_from_the_lookup() -> None:
+    table = {("vram", "offload"): 2_800_000_000, ("speedup", "fp16"): 2.2}
+
+    def lookup(kind: str, key: str) -> object:
+        if (kind, key) not in table:
+            raise KeyError(f"no budget {key!r}; known: offload, fp16")
+        return table[kind, key]
+
+    spec = parse_max_vram((), {"budget": "offload", "metric": "reserved"}, lookup)
+    assert spec == MaxVram(2_800_000_000, "reserved", "offload")
+    assert "[budget offload]" in spec.describe()
+    assert parse_min_speedup((), {"budget": "fp16"}, lookup) == MinSpeedup(2.2, "none", "fp16")
+    with pytest.raises(MarkerError, match="no budget 'nope'; known: offload, fp16"):
+        parse_max_vram((), {"budget": "nope"}, lookup)
+    with pytest.raises(MarkerError, match="not both"):
+        parse_max_vram(("1GB",), {"budget": "offload"}, lookup)
+    with pytest.raises(MarkerError, match="needs a budgets file"):
+        parse_min_speedup((), {"budget": "fp16"}, None)

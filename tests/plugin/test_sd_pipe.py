@@ -1,0 +1,64 @@
+"""The ``sd_pipe`` fixture end to end: technique selection, ids, skips, errors, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_techniques_select_skip_and_fail_at_collection(
+    pytester: pytest.Pytester, model_cache: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        import numpy as np
+        import pytest
+
+        TECHNIQUES = ["none", "vae_slicing+fp16", "sequential_offload", "bogus",
+                      "model_offload+sequential_offload", "attention_slicing+xformers"]
+
+        @pytest.mark.parametrize("sd_pipe", TECHNIQUES, indirect=True)
+        def test_generate(sd_pipe):
+            images = sd_pipe(batch_size=2)
+            assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
+            assert sd_pipe.device == "cpu"
+
+        @pytest.mark.sd_technique("channels_last")
+        def test_marked(sd_pipe):
+            assert sd_pipe.technique.expr == "channels_last"
+            assert sd_pipe.pipe.unet.conv_out.weight.stride()[1] == 1
+
+        def test_default_is_none(sd_pipe):
+            assert sd_pipe.technique.expr == "none"
+        """
+    )
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "-rA", "-v",
+                                "--sdmem-json=r.json")
+    result.assert_outcomes(passed=4, skipped=1, errors=3)
+    result.stdout.fnmatch_lines_random([
+        # Test ids show the technique, in canonical order whatever the order written.
+        "*test_generate[[]vae_slicing+fp16[]] PASSED*",
+        "SKIPPED [[]1[]] *sequential_offload needs a CUDA device: run with --gpu*",
+        "*test_generate[[]bogus[]]*unknown technique 'bogus'*",
+        "*test_generate[[]model_offload+sequential_offload[]]*offload*",
+        "*test_generate[[]attention_slicing+xformers[]]*2053*",
+    ])
+    records = {r["nodeid"].split("::")[1]: r for r in json.loads(
+        (pytester.path / "r.json").read_text())["results"]}
+    assert records["test_generate[vae_slicing+fp16]"]["technique"] == "fp16+vae_slicing"
+    assert records["test_generate[vae_slicing+fp16]"]["model"] == "tiny"
+    assert records["test_marked"]["technique"] == "channels_last"
+    # The pipeline's weights are loaded in setup; the call's absolute peak includes them.
+    mem = records["test_default_is_none"]["memory"]
+    assert mem is not None and mem["start_allocated_bytes"] > 0
+
+
+def test_a_missing_model_is_one_clear_error(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile("def test_x(sd_pipe):\n    sd_pipe()\n")
+    missing = tmp_path / "no-such-model"
+    result = pytester.runpytest(f"--sdmem-model={missing}", "-rA")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*{missing}*"])
+    result.stdout.no_fnmatch_line("*Traceback*")
