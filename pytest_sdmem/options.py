@@ -53,6 +53,19 @@ OPTIONS: tuple[Option, ...] = (
            "max_vram(budget=KEY) and min_speedup(budget=KEY) "
            "(default: tests/techniques/budgets.toml under the rootdir, if present)",
            metavar="PATH"),
+    Option("--sdmem-save", "write this run's results as a baseline to PATH (atomically)",
+           metavar="PATH"),
+    Option("--sdmem-compare", "compare each measured test against the baseline at PATH and "
+           "fail the tests that regressed beyond the tolerance", metavar="PATH"),
+    Option("--sdmem-tolerance", "per-metric tolerances of --sdmem-compare, e.g. "
+           "'vram=5%,latency=10%,speedup=5%' or 'vram=200MB' (default: that example)",
+           metavar="SPEC"),
+    Option("--sdmem-share-gpu", "let several pytest-xdist workers share a GPU (memory budgets "
+           "are then refused: a shared card's peak is not the test's)", "bool"),
+    Option("--sdmem-snapshot-dir", "record allocations during budgeted tests and, when a "
+           "max_vram budget fails, dump a memory snapshot into DIR", metavar="DIR"),
+    Option("--sdmem-estimate", "estimate the CUDA peak of sd_pipe generations on the meta "
+           "device, without a GPU (sd15 by default)", "bool"),
 )
 
 

@@ -1,13 +1,15 @@
 """pytest hooks only: options, markers, measuring the call phase, verdicts, summary, results.
 
-The measuring is done by the plain-Python core (``memory``, ``timing``, ``runner``); this module
-decides *when* to measure (the call phase only, so building a pipeline in a fixture never counts)
-and how a verdict shows up in pytest (its own status word, a report section, JUnit properties).
+The measuring is done by the plain-Python core (``memory``, ``timing``, ``runner``, ``gate``);
+this module decides *when* to measure (the call phase only, so building a pipeline in a fixture
+never counts) and how a verdict shows up in pytest (its own status word, a report section,
+JUnit properties, the session table, the results file).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import warnings
 from collections.abc import Generator
 from dataclasses import asdict
@@ -16,11 +18,11 @@ from typing import Any
 import pytest
 
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
+from pytest_sdmem.gate import Gate
 from pytest_sdmem.markers import (
     MARKERS,
     BudgetLookup,
     MarkerError,
-    MaxVram,
     parse_max_vram,
     parse_min_speedup,
     parse_sd_technique,
@@ -29,22 +31,42 @@ from pytest_sdmem.memory import MemoryReport, MemoryTracker, get_backend
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
-from pytest_sdmem.settings import Settings, SettingsError, build_settings
+from pytest_sdmem.settings import Settings, SettingsError, Workers, build_settings
 from pytest_sdmem.state import SETTINGS, STATE, Collector, TestState, technique_of
 from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
 from pytest_sdmem.units import format_size
-from pytest_sdmem.verdicts import SpeedupVerdict, VramVerdict, is_out_of_memory
+from pytest_sdmem.verdicts import (
+    BaselineVerdict,
+    SpeedupVerdict,
+    Verdict,
+    VramVerdict,
+    is_out_of_memory,
+)
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
-BUDGETS = pytest.StashKey["BudgetLookup | None"]()
+SESSION = pytest.StashKey["SessionHooks"]()
 
 
 class SdmemLeakWarning(UserWarning):
     """A measured test left device memory behind, which would inflate later tests' peaks."""
 
 
+class SdmemBaselineWarning(UserWarning):
+    """Part of the baseline could not be compared (another card, another model)."""
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+
+
+def _workers(config: pytest.Config) -> Workers:
+    """pytest-xdist's layout: workers started by this controller, or this worker's index."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return Workers(count=int(workerinput.get("workercount", 0)),
+                       index=int(str(workerinput["workerid"]).removeprefix("gw")))
+    distributed = getattr(config.option, "dist", "no") != "no"
+    return Workers(count=len(getattr(config.option, "tx", None) or []) if distributed else 0)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,72 +77,53 @@ def pytest_configure(config: pytest.Config) -> None:
     if raw["sdmem_budgets"] is None and default_budgets.is_file():
         raw["sdmem_budgets"] = str(default_budgets)
     try:
-        settings = build_settings(raw, default_cache_dir(config.rootpath))
+        settings = build_settings(raw, default_cache_dir(config.rootpath),
+                                  workers=_workers(config))
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
     config.stash[SETTINGS] = settings
-    config.stash[BUDGETS] = _budget_lookup(settings)
-    config.pluginmanager.register(SessionHooks(config), "sdmem-session")
+    hooks = SessionHooks(config, settings)
+    config.stash[SESSION] = hooks
+    config.pluginmanager.register(hooks, "sdmem-session")
 
 
-def _budget_lookup(settings: Settings) -> BudgetLookup | None:
-    """Named budgets for this session's device, or None without a budgets file.
-
-    A budgets file that cannot be read is a usage error: every budgeted test would be wrong.
-    """
-    if settings.budgets_path is None:
-        return None
-    from pytest_sdmem.budgets import BudgetError, load_budgets
-
-    try:
-        budgets = load_budgets(settings.budgets_path)
-    except BudgetError as exc:
-        raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
-    device_name = get_backend(settings.device).device_name
-
-    def lookup(kind: str, key: str) -> Any:
-        if kind == "vram":
-            return budgets.vram(key, device_name)
-        return budgets.speedup(key, device_name)
-
-    return lookup
-
-
-def _validate(item: pytest.Item, settings: Settings) -> TestState:
+def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
     """Parse the item's markers and technique once, at collection; errors stay on the item."""
+    settings = hooks.settings
     state = TestState()
-    lookup = item.config.stash[BUDGETS]
+    fixturenames = set(getattr(item, "fixturenames", ()))
     try:
         if (mark := item.get_closest_marker("max_vram")) is not None:
-            state.max_vram = parse_max_vram(mark.args, mark.kwargs, lookup)
+            state.max_vram = parse_max_vram(mark.args, mark.kwargs, hooks.budgets)
+            if settings.share_gpu:
+                raise MarkerError("max_vram is refused with --sdmem-share-gpu: on a card "
+                                  "shared by several workers the peak is not this test's")
         if (mark := item.get_closest_marker("min_speedup")) is not None:
-            state.min_speedup = parse_min_speedup(mark.args, mark.kwargs, lookup)
+            state.min_speedup = parse_min_speedup(mark.args, mark.kwargs, hooks.budgets)
             parse_technique(state.min_speedup.baseline)
-            if "sd_pipe" not in getattr(item, "fixturenames", ()):
+            if "sd_pipe" not in fixturenames:
                 raise MarkerError("@pytest.mark.min_speedup compares the test's sd_pipe with its "
                                   "baseline: the test must use the sd_pipe fixture")
         if (mark := item.get_closest_marker("sd_technique")) is not None:
             parse_sd_technique(mark.args, mark.kwargs)
-        if "sd_pipe" in getattr(item, "fixturenames", ()):
+        if "sd_pipe" in fixturenames:
             state.technique = technique_of(item)
             missing = unmet_requirements(parse_technique(state.technique), settings.device)
             if missing:
                 item.add_marker(pytest.mark.skip(reason="; ".join(missing)))
     except (MarkerError, TechniqueError) as exc:
         state.error = str(exc)
-    state.measured = bool(
-        state.max_vram or state.min_speedup
-        or {"sd_pipe", "cuda_mem_tracker"} & set(getattr(item, "fixturenames", ()))
-    )
+    state.measured = bool(state.max_vram or state.min_speedup
+                          or {"sd_pipe", "cuda_mem_tracker"} & fixturenames)
     return state
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    settings = config.stash[SETTINGS]
+    hooks = config.stash[SESSION]
     for item in items:
-        if item.get_closest_marker("gpu") is not None and not settings.gpu:
+        if item.get_closest_marker("gpu") is not None and not hooks.settings.gpu:
             item.add_marker(pytest.mark.skip(reason="needs --gpu"))
-        item.stash[STATE] = _validate(item, settings)
+        item.stash[STATE] = _validate(item, hooks)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -159,7 +162,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _vram_verdict(state: TestState, excinfo: Any) -> VramVerdict | None:
-    spec: MaxVram | None = state.max_vram
+    spec = state.max_vram
     report = state.budget_report()
     if spec is None or report is None:
         return None
@@ -186,8 +189,38 @@ def _properties(state: TestState, report: MemoryReport | None) -> list[tuple[str
         s = state.speedup
         props += [("sdmem_speedup", round(s.ratio, 4)), ("sdmem_speedup_ci_low", s.ci_low),
                   ("sdmem_speedup_ci_high", s.ci_high), ("sdmem_speedup_pairs", s.pairs),
-                  ("sdmem_speedup_verdict", s.verdict)]
+                  ("sdmem_speedup_verdict", s.verdict),
+                  ("sdmem_speedup_median_test_s", s.median_test),
+                  ("sdmem_speedup_median_base_s", s.median_base)]
     return props
+
+
+def _latency(state: TestState) -> dict[str, Any] | None:
+    """The test pipeline's own latency: from ``sd_pipe.latency()`` if the test measured it,
+    else from the test side of the min_speedup rounds."""
+    timing = getattr(state.sd_pipe, "last_latency", None)
+    if timing is not None:
+        return timing.to_dict()
+    if state.speedup is not None:
+        return {"median": state.speedup.median_test, "rounds": state.speedup.pairs,
+                "source": "min_speedup"}
+    return None
+
+
+def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
+    settings = item.config.stash[SETTINGS]
+    return TestRecord(
+        nodeid=item.nodeid,
+        device=settings.device,
+        device_name=report.device_name if report else "",
+        model=settings.model if state.technique is not None else None,
+        technique=state.technique,
+        memory=report.to_dict() if report else None,
+        budget=({"max_vram_bytes": state.max_vram.limit, "metric": state.max_vram.metric,
+                 "key": state.max_vram.budget_key} if state.max_vram else None),
+        latency=_latency(state),
+        speedup=state.speedup.to_dict() if state.speedup else None,
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -203,23 +236,29 @@ def pytest_runtest_makereport(
         return rep
     if call.when != "call":
         return rep
-    verdicts: list[Any] = []
+    verdicts: list[Verdict] = []
     if (vram := _vram_verdict(state, call.excinfo)) is not None:
         verdicts.append(vram)
     if state.speedup is not None and state.min_speedup is not None:
         verdicts.append(SpeedupVerdict(state.speedup, state.min_speedup.baseline))
+    report = state.budget_report()
+    record = _record(item, state, report)
+    gate = item.config.stash[SESSION].gate
+    if gate is not None and call.excinfo is None:
+        verdicts.append(BaselineVerdict(gate.judge(record), str(gate.path)))
     failed = [v for v in verdicts if not v.passed]
-    if failed and (rep.passed or (vram in failed and vram.oom is not None)):
+    oom = vram is not None and vram.oom is not None
+    if failed and (rep.passed or oom):
         rep.outcome = "failed"
         rep.longrepr = "\n".join(v.as_longrepr() for v in failed)
         rep.sdmem_status = (failed[0].status_word, failed[0].status_letter)
-        if vram is not None and vram.oom is not None:
+        if oom:
             _release_oom(call)
-    for v in verdicts:
-        rep.sections.append(v.as_section())
-    report = state.budget_report()
+    rep.sections.extend(v.as_section() for v in verdicts)
     item.user_properties.extend(_properties(state, report))
-    rep.sdmem = _record(item, state, report, rep.outcome, verdicts).to_dict()
+    record.outcome = rep.outcome
+    record.verdicts = [v.to_dict() for v in verdicts]
+    rep.sdmem = record.to_dict()  # plain data: crosses pytest-xdist's wire to the controller
     return rep
 
 
@@ -240,37 +279,6 @@ def _release_oom(call: pytest.CallInfo[None]) -> None:
             frame.f_locals.clear()
         tb = tb.tb_next
     gc.collect()
-
-
-def _record(item: pytest.Item, state: TestState, report: MemoryReport | None, outcome: str,
-            verdicts: list[Any]) -> TestRecord:
-    settings = item.config.stash[SETTINGS]
-    return TestRecord(
-        nodeid=item.nodeid,
-        outcome=outcome,
-        device=settings.device,
-        device_name=report.device_name if report else "",
-        model=settings.model if state.technique is not None else None,
-        technique=state.technique,
-        memory=report.to_dict() if report else None,
-        budget=({"max_vram_bytes": state.max_vram.limit, "metric": state.max_vram.metric}
-                if state.max_vram else None),
-        latency=_latency(state),
-        speedup=state.speedup.to_dict() if state.speedup else None,
-        verdicts=[v.to_dict() for v in verdicts],
-    )
-
-
-def _latency(state: TestState) -> dict[str, Any] | None:
-    """The test pipeline's own latency: from ``sd_pipe.latency()`` if the test measured it,
-    else from the test side of the min_speedup rounds."""
-    timing = getattr(state.sd_pipe, "last_latency", None)
-    if timing is not None:
-        return timing.to_dict()
-    if state.speedup is not None:
-        return {"median": state.speedup.median_test, "rounds": state.speedup.pairs,
-                "source": "min_speedup"}
-    return None
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -303,30 +311,100 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
 
 
 class SessionHooks:
-    """Session-wide hooks, bound to the session's collector (one instance per pytest run)."""
+    """What one pytest process knows for the whole session: its settings, environment, named
+    budgets, regression gate, and (on the controller) the records of every measured test."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
         self.config = config
+        self.settings = settings
+        backend = get_backend(settings.device)
+        self.environment = collect_environment(settings.device, backend.device_name,
+                                               backend.total_memory)
+        self.budgets = self._budget_lookup(backend.device_name)
+        self.gate = self._load_gate()
         self.collector = Collector()
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def _budget_lookup(self, device_name: str) -> BudgetLookup | None:
+        """Named budgets for this device, or None without a budgets file. A budgets file that
+        cannot be read is a usage error: every budgeted test would be judged wrongly."""
+        if self.settings.budgets_path is None:
+            return None
+        from pytest_sdmem.budgets import BudgetError, load_budgets
+
+        try:
+            budgets = load_budgets(self.settings.budgets_path)
+        except BudgetError as exc:
+            raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
+
+        def lookup(kind: str, key: str) -> Any:
+            if kind == "vram":
+                return budgets.vram(key, device_name)
+            return budgets.speedup(key, device_name)
+
+        return lookup
+
+    def _load_gate(self) -> Gate | None:
+        if self.settings.compare_path is None:
+            if self.settings.tolerance is not None:
+                raise pytest.UsageError("pytest-sdmem: --sdmem-tolerance needs --sdmem-compare")
+            return None
+        from pytest_sdmem.baseline import BaselineError
+        from pytest_sdmem.tolerances import ToleranceError
+
+        try:
+            gate = Gate.load(self.settings.compare_path, self.settings.tolerance,
+                             self.environment)
+        except (BaselineError, ToleranceError) as exc:
+            raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
+        theirs = gate.baseline.environment.get("device_name")
+        ours = self.environment.get("device_name")
+        if theirs != ours and not self.is_worker:
+            self.config.issue_config_time_warning(SdmemBaselineWarning(
+                f"baseline {gate.path} was recorded on {theirs!r}, this run is on {ours!r}: "
+                "its figures are not compared (never across cards)"), stacklevel=2)
+        return gate
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.add(report)
 
+    def _run(self) -> RunResults:
+        return RunResults(environment=self.environment, results=self.collector.records)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.collector.records:
+        if self.is_worker or not self.collector.records:
             return
         terminalreporter.write_sep("=", "sdmem: memory and speed")
         for line in render_text(table_rows(self.collector.records)):
             terminalreporter.write_line(line)
+        if self.gate is not None:
+            comparison = self.gate.compare(self.collector.records)
+            terminalreporter.write_sep("=", f"sdmem: baseline {self.gate.path}")
+            for line in comparison.render_text().splitlines():
+                terminalreporter.write_line(line)
+            for message in comparison.warnings:
+                terminalreporter.write_line(f"warning: {message}", yellow=True)
 
     def pytest_sessionfinish(self) -> None:
-        settings = self.config.stash[SETTINGS]
-        if hasattr(self.config, "workerinput") or settings.json_path is None:
+        if self.is_worker:
             return
-        backend = get_backend(settings.device)
-        run = RunResults(
-            environment=collect_environment(settings.device, backend.device_name,
-                                            backend.total_memory),
-            results=self.collector.records,
-        )
-        run.write(settings.json_path)
+        run = self._run()
+        for path in (self.settings.json_path, self.settings.save_path):
+            if path is not None:
+                run.write(path)
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary and run.results:
+            self._append_step_summary(summary, run)
+
+    def _append_step_summary(self, path: str, run: RunResults) -> None:
+        """GitHub Actions shows this file on the job's page: the table, then the comparison."""
+        from pytest_sdmem.report.markdown import render_markdown
+
+        text = render_markdown(run, title="pytest-sdmem: memory and speed")
+        if self.gate is not None:
+            text += "\n" + self.gate.compare(run.results).render_markdown()
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")

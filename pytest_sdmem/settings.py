@@ -36,6 +36,12 @@ class Settings:
     strict_leaks: bool
     json_path: Path | None
     budgets_path: Path | None = None
+    save_path: Path | None = None
+    compare_path: Path | None = None
+    tolerance: str | None = None
+    share_gpu: bool = False
+    snapshot_dir: Path | None = None
+    estimate: bool = False
 
     @property
     def is_cuda(self) -> bool:
@@ -60,18 +66,26 @@ def _positive(name: str, raw: Any, convert: Callable[[Any], Any]) -> Any:
     return value
 
 
-def build_settings(
-    raw: dict[str, Any],
-    default_cache: Path,
-    cuda: Callable[[], tuple[bool, int]] = cuda_state,
-) -> Settings:
-    """Validate raw option values (``dest`` -> value) into ``Settings``.
+@dataclass(frozen=True)
+class Workers:
+    """pytest-xdist's view: how many workers the controller starts, and which one this is."""
+
+    count: int = 0
+    index: int | None = None
+
+
+def _device(raw: dict[str, Any], workers: Workers, cuda: Callable[[], tuple[bool, int]]) -> str:
+    """The device this process measures.
 
     ``--gpu`` without a visible CUDA device is an error rather than a skip: a self-hosted runner
-    that lost its GPU must go red instead of silently skipping the whole GPU tier.
+    that lost its GPU must go red instead of silently skipping the whole GPU tier. Under xdist
+    each worker gets its own card (worker index = device index), so no two tests share a card
+    and contaminate each other's peaks.
     """
     gpu = bool(raw.get("gpu"))
-    device = raw.get("sdmem_device") or ("cuda:0" if gpu else "cpu")
+    share = bool(raw.get("sdmem_share_gpu"))
+    explicit = raw.get("sdmem_device")
+    device = explicit or ("cuda:0" if gpu else "cpu")
     if device == "cuda":
         device = "cuda:0"
     if not _DEVICE_RE.match(device):
@@ -80,21 +94,47 @@ def build_settings(
         raise SettingsError(f"--sdmem-device={device} measures a GPU: add --gpu")
     if gpu and device == "cpu":
         raise SettingsError("--gpu with --sdmem-device=cpu: choose one (cuda:N, or drop --gpu)")
-    if gpu:
-        available, count = cuda()
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
-        if not available:
-            raise SettingsError(
-                "--gpu was given but no CUDA device is visible "
-                f"(torch.cuda.is_available() = False, CUDA_VISIBLE_DEVICES={visible}); "
-                "run without --gpu for the CPU tier"
-            )
-        index = int(device.split(":")[1])
-        if index >= count:
-            raise SettingsError(
-                f"--sdmem-device={device} but only {count} CUDA device(s) are visible "
-                f"(CUDA_VISIBLE_DEVICES={visible})"
-            )
+    if not gpu:
+        return device
+    available, count = cuda()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    if not available:
+        raise SettingsError(
+            "--gpu was given but no CUDA device is visible "
+            f"(torch.cuda.is_available() = False, CUDA_VISIBLE_DEVICES={visible}); "
+            "run without --gpu for the CPU tier"
+        )
+    if workers.count > count and not share:
+        raise SettingsError(
+            f"-n {workers.count} starts more pytest-xdist workers than the {count} visible "
+            f"CUDA device(s) (CUDA_VISIBLE_DEVICES={visible}): each worker needs a card of its "
+            f"own for its peaks to be its own; use -n {count}, or --sdmem-share-gpu "
+            "(memory budgets are then refused)"
+        )
+    if workers.index is not None and not explicit:
+        device = f"cuda:{workers.index % count}"
+    index = int(device.split(":")[1])
+    if index >= count:
+        raise SettingsError(
+            f"--sdmem-device={device} but only {count} CUDA device(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={visible})"
+        )
+    return device
+
+
+def _path(raw: dict[str, Any], key: str) -> Path | None:
+    return Path(raw[key]).expanduser() if raw.get(key) else None
+
+
+def build_settings(
+    raw: dict[str, Any],
+    default_cache: Path,
+    cuda: Callable[[], tuple[bool, int]] = cuda_state,
+    workers: Workers = Workers(),
+) -> Settings:
+    """Validate raw option values (``dest`` -> value) into ``Settings``."""
+    gpu = bool(raw.get("gpu"))
+    device = _device(raw, workers, cuda)
     model = raw.get("sdmem_model") or ("sd15" if gpu else "tiny")
     tiny = model == "tiny"
     steps = raw.get("sdmem_steps")
@@ -103,10 +143,13 @@ def build_settings(
         leak_threshold = parse_size(raw.get("sdmem_leak_threshold") or "4MB")
     except UnitError as exc:
         raise SettingsError(f"--sdmem-leak-threshold: {exc}") from exc
-    json_path = raw.get("sdmem_json")
     size_px = _positive("--sdmem-size", size, int) if size is not None else (64 if tiny else 512)
     if size_px % 8:
         raise SettingsError(f"--sdmem-size={size_px} is not valid: expected a multiple of 8")
+    save, compare = _path(raw, "sdmem_save"), _path(raw, "sdmem_compare")
+    if save is not None and compare is not None and save.resolve() == compare.resolve():
+        raise SettingsError(f"--sdmem-save and --sdmem-compare name the same file ({save}): a "
+                            "compare run never overwrites its baseline; save elsewhere")
     return Settings(
         gpu=gpu,
         device=device,
@@ -117,6 +160,12 @@ def build_settings(
         max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
         leak_threshold=leak_threshold,
         strict_leaks=bool(raw.get("sdmem_strict_leaks")),
-        json_path=Path(json_path) if json_path else None,
-        budgets_path=Path(raw["sdmem_budgets"]) if raw.get("sdmem_budgets") else None,
+        json_path=_path(raw, "sdmem_json"),
+        budgets_path=_path(raw, "sdmem_budgets"),
+        save_path=save,
+        compare_path=compare,
+        tolerance=raw.get("sdmem_tolerance") or None,
+        share_gpu=bool(raw.get("sdmem_share_gpu")),
+        snapshot_dir=_path(raw, "sdmem_snapshot_dir"),
+        estimate=bool(raw.get("sdmem_estimate")),
     )

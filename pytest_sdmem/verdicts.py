@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pytest_sdmem.baseline import MetricDelta
 from pytest_sdmem.markers import MaxVram
 from pytest_sdmem.memory import MemoryReport
 from pytest_sdmem.stats import SpeedupResult
@@ -137,3 +138,32 @@ class SpeedupVerdict:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "passed": self.passed, "baseline": self.baseline,
                 "message": self.as_longrepr()}
+
+
+@dataclass
+class BaselineVerdict:
+    """``--sdmem-compare``: this test's figures against the saved baseline's."""
+
+    deltas: list[MetricDelta]
+    baseline_path: str
+    kind: str = "baseline"
+    status_word: str = "REGRESSED"
+    status_letter: str = "R"
+
+    @property
+    def passed(self) -> bool:
+        return not any(d.status == "regression" for d in self.deltas)
+
+    def as_longrepr(self) -> str:
+        regressions = [d.message for d in self.deltas if d.status == "regression"]
+        return "regressed against baseline " + self.baseline_path + ": " + "; ".join(
+            regressions)
+
+    def as_section(self) -> tuple[str, str]:
+        lines = [f"baseline {self.baseline_path}"] + [d.message for d in self.deltas]
+        return ("sdmem: baseline", "\n".join(lines))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "passed": self.passed, "baseline": self.baseline_path,
+                "deltas": [{"figure": d.figure, "base": d.base, "head": d.head,
+                            "status": d.status, "message": d.message} for d in self.deltas]}

@@ -15,6 +15,11 @@ counted from the tensors themselves, exact to the byte:
 
 "meta" storages have ``nbytes`` but no data, so the same counter sizes a pipeline built on
 the meta device without allocating it (the estimator relies on that).
+
+For memory snapshots the counter can also *record* (``start_recording``): each storage it
+counts from then on keeps the Python frames that made it, and the storages alive at the peak
+are followed (``snapshot.PeakLiveSet``). Without recording none of that runs: the only trace
+of it on the counting path is one ``None`` check per new storage and per free.
 """
 
 from __future__ import annotations
@@ -24,12 +29,22 @@ import os
 import platform
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
+from pytest_sdmem.memory.snapshot import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_TOP,
+    Allocation,
+    Frame,
+    FrameFilter,
+    PeakLiveSet,
+    SnapshotReport,
+)
 from pytest_sdmem.memory.tracker import TrackerError
 
 # Argument types that never hold a tensor; skipping them by type keeps the walk over an op's
@@ -38,6 +53,23 @@ _LEAF_TYPES = frozenset(
     {int, float, bool, complex, str, type(None)}
     | {torch.dtype, torch.device, torch.layout, torch.memory_format}
 )
+
+
+@dataclass(slots=True)
+class _Record:
+    """Where a storage counted while recording came from; frames stay raw tuples until shown."""
+
+    birth: int
+    nbytes: int
+    frames: tuple[tuple[str, int, str], ...]
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+    note: str = ""
+
+    def allocation(self) -> Allocation:
+        return Allocation(
+            self.nbytes, tuple(map(Frame._make, self.frames)), self.dtype, self.shape, self.note
+        )
 
 
 class _StorageRef(weakref.ref):
@@ -56,6 +88,67 @@ class _StorageRef(weakref.ref):
         super().__init__(storage, callback)
         self.key = key
         self.nbytes = nbytes
+
+
+class _RecordedRef(_StorageRef):
+    """The reference of a storage counted while recording: it also carries the record.
+
+    A subclass, so that counting without recording does not pay for the extra field.
+    ``record`` is cleared when the recording stops.
+    """
+
+    __slots__ = ("record",)
+
+    def __new__(cls, storage: torch.UntypedStorage, callback: Any, key: int, nbytes: int,
+                record: _Record):
+        return super().__new__(cls, storage, callback, key, nbytes)
+
+    def __init__(self, storage: torch.UntypedStorage, callback: Any, key: int, nbytes: int,
+                 record: _Record):
+        super().__init__(storage, callback, key, nbytes)
+        self.record: _Record | None = record
+
+
+_SCANNED_NOTE = "no frames: found by a gc scan, made outside the dispatcher or in another thread"
+
+
+@dataclass
+class _Recording:
+    """The state of one recording: how to take frames, and the peak's live set."""
+
+    frame_filter: FrameFilter
+    max_frames: int
+    peaks: PeakLiveSet[_Record]
+
+    def record(self, nbytes: int, tensor: torch.Tensor | None, scanned: bool) -> _Record:
+        """A new record for a storage being counted now, with the frames that made it."""
+        birth = self.peaks.born()
+        if scanned:
+            return _Record(birth, nbytes, (), note=_SCANNED_NOTE)
+        frames = self.frame_filter.stack(self.max_frames)
+        if tensor is None:
+            return _Record(birth, nbytes, frames)
+        return _Record(
+            birth, nbytes, frames, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)
+        )
+
+    def died(self, ref: _StorageRef) -> None:
+        record = _record_of(ref)
+        if record is None:
+            self.peaks.died_untraced()
+        else:
+            self.peaks.died(record.birth, record)
+
+    def resized(self, ref: _StorageRef, tensor: torch.Tensor | None) -> None:
+        """A recorded storage changed size: the old size dies, the new one is born here."""
+        if isinstance(ref, _RecordedRef) and ref.record is not None:
+            self.died(ref)
+            ref.record = self.record(ref.nbytes, tensor, scanned=False)
+
+
+def _record_of(ref: _StorageRef) -> _Record | None:
+    """The record of a storage counted during this recording; None for one counted before."""
+    return ref.record if isinstance(ref, _RecordedRef) else None
 
 
 class _CountingMode(TorchDispatchMode):
@@ -143,6 +236,7 @@ class StorageCounter:
         self._active = 0
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
+        self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.
         self._lock = threading.RLock()
@@ -163,10 +257,68 @@ class StorageCounter:
         """Highest ``current`` since activation or the last ``reset_peak()``."""
         return self._peak
 
+    @property
+    def recording(self) -> bool:
+        """Whether new storages get their frames recorded (``start_recording``)."""
+        return self._recording is not None
+
     def reset_peak(self) -> None:
-        """Start a new peak window at the current figure."""
+        """Start a new peak window at the current figure.
+
+        A recording's peak is not reset: it follows the highest point since it started,
+        whatever tracker blocks open and close meanwhile.
+        """
         with self._lock:
             self._peak = self._current
+
+    def start_recording(
+        self, *, max_frames: int = DEFAULT_MAX_FRAMES, frame_filter: FrameFilter | None = None
+    ) -> None:
+        """Record, for each storage counted from now on, the frames that made it.
+
+        Holds an activation until ``stop_recording`` (the counter forgets everything at its
+        last deactivation). What is alive now, found by a scan first, counts as alive before
+        recording: it has no frames.
+        """
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, not {max_frames}")
+        frame_filter = frame_filter or FrameFilter()
+        self.activate()
+        try:
+            with self._lock:
+                if self._recording is not None:
+                    raise TrackerError(f"{self.device_type} storage counter is already recording")
+                self.rescan()
+                self._recording = _Recording(
+                    frame_filter, max_frames, PeakLiveSet(self._current, len(self._refs))
+                )
+        except BaseException:
+            self.deactivate()
+            raise
+
+    def stop_recording(self, *, top: int = DEFAULT_TOP) -> SnapshotReport:
+        """Stop recording; report the ``top`` largest storages alive at the recording's peak."""
+        with self._lock:
+            recording = self._recording
+            if recording is None:
+                raise TrackerError(f"{self.device_type} storage counter is not recording")
+            try:
+                self._recording = None
+                survivors = []
+                for ref in self._refs.values():
+                    if (record := _record_of(ref)) is not None:
+                        survivors.append((record.birth, record))
+                        ref.record = None  # the frames are not needed any more
+                peaks = recording.peaks
+                return SnapshotReport.from_live(
+                    self.device_type,
+                    peaks.peak,
+                    [record.allocation() for record in peaks.at_peak(survivors)],
+                    untraced_count=peaks.untraced_at_peak,
+                    top=top,
+                )
+            finally:
+                self.deactivate()
 
     def activate(self) -> None:
         """Install the counting mode in this thread and count what is alive (first call only)."""
@@ -206,6 +358,7 @@ class StorageCounter:
             self._mode.__exit__(None, None, None)
         self._mode = None
         self._mode_thread = None
+        self._recording = None
         # Dropping the weak references also drops their callbacks: nothing fires later.
         self._refs = {}
         self._current = 0
@@ -219,7 +372,7 @@ class StorageCounter:
         op here has touched since.
         """
         for storage in _live_storages():
-            self.see_storage(storage)
+            self.see_storage(storage, scanned=True)
         with self._lock:
             self._peak = max(self._peak, self._current)
 
@@ -236,35 +389,56 @@ class StorageCounter:
         ref = self._refs.get(storage._cdata)
         if ref is not None and ref.nbytes == storage.nbytes():
             return
-        if not self.see_storage(storage) and is_traceable_wrapper_subclass(tensor):
+        if not self.see_storage(storage, tensor) and is_traceable_wrapper_subclass(tensor):
             # A wrapper subclass's ops run its inner ops with this mode popped, so their
             # results are only reachable here, through the wrapper.
             for name in tensor.__tensor_flatten__()[0]:
                 self.see(getattr(tensor, name))
 
-    def see_storage(self, storage: torch.UntypedStorage) -> bool:
+    def see_storage(
+        self,
+        storage: torch.UntypedStorage,
+        tensor: torch.Tensor | None = None,
+        *,
+        scanned: bool = False,
+    ) -> bool:
         """Count a storage if new, or take a change of its size into account.
 
+        ``tensor`` (the one the storage was seen through) and ``scanned`` (found by a gc scan,
+        not by an op, so the stack says nothing about it) only matter while recording.
         Returns whether the storage is one this counter counts (device type, real data).
         """
         key = storage._cdata
         nbytes = storage.nbytes()
         with self._lock:
+            recording = self._recording
             ref = self._refs.get(key)
             if ref is not None and ref() is storage:
                 delta = nbytes - ref.nbytes
                 ref.nbytes = nbytes
+                if recording is not None and delta:
+                    recording.resized(ref, tensor)
             else:
                 if not _counts(storage, self.device_type):
                     return False
                 # A dead ref still under this key has a pending callback; it will see that
                 # the key now belongs to the new ref and leave the count alone.
-                self._refs[key] = _StorageRef(storage, self._on_free_cb, key, nbytes)
                 delta = nbytes - (ref.nbytes if ref is not None else 0)
+                if recording is None:
+                    self._refs[key] = _StorageRef(storage, self._on_free_cb, key, nbytes)
+                else:
+                    if ref is not None:
+                        recording.died(ref)
+                    self._refs[key] = _RecordedRef(
+                        storage, self._on_free_cb, key, nbytes,
+                        recording.record(nbytes, tensor, scanned),
+                    )
             current = self._current + delta
             self._current = current
             if current > self._peak:
                 self._peak = current
+            if recording is not None:
+                recording.peaks.level(current)
         return True
 
     def _on_free(self, ref: _StorageRef) -> None:
@@ -273,6 +447,8 @@ class StorageCounter:
             if self._refs.get(ref.key) is ref:
                 del self._refs[ref.key]
                 self._current -= ref.nbytes
+                if self._recording is not None:
+                    self._recording.died(ref)
 
     def snapshot_bytes(self) -> int:
         """Bytes of the distinct live storages the garbage collector sees now (no tracking)."""

@@ -6,5 +6,5 @@ library and fails. Import them once here, before any inner run."""
 import diffusers  # noqa: F401
 import torch._dynamo  # noqa: F401
 
-import pytest_sdmem.pipelines  # noqa: F401
+import pytest_sdmem.pipelines
 import pytest_sdmem.runner  # noqa: F401

@@ -222,7 +222,7 @@ def test_results_json_junit_and_summary(pytester: pytest.Pytester) -> None:
                           "test_results_json_junit_and_summary.py::test_failing"}
     measured = by_id["test_results_json_junit_and_summary.py::test_measured"]
     assert measured["outcome"] == "passed" and measured["device"] == "cpu"
-    assert measured["budget"] == {"max_vram_bytes": 10**9, "metric": "allocated"}
+    assert measured["budget"] == {"max_vram_bytes": 10**9, "metric": "allocated", "key": None}
     mem = measured["memory"]
     assert mem["peak_allocated_bytes"] - mem["start_allocated_bytes"] >= MB64
     for key in ("peak_reserved_bytes", "host_peak_rss_bytes"):
