@@ -57,18 +57,26 @@ _LEAF_TYPES = frozenset(
 
 @dataclass(slots=True)
 class _Record:
-    """Where a storage counted while recording came from; frames stay raw tuples until shown."""
+    """Where a storage counted while recording came from.
+
+    Kept as found (frame tuples, the ``torch.dtype``, the ``torch.Size``) and turned into
+    text only for the few allocations a report shows.
+    """
 
     birth: int
     nbytes: int
     frames: tuple[tuple[str, int, str], ...]
-    dtype: str | None = None
-    shape: tuple[int, ...] | None = None
+    dtype: torch.dtype | None = None
+    shape: torch.Size | None = None
     note: str = ""
 
     def allocation(self) -> Allocation:
         return Allocation(
-            self.nbytes, tuple(map(Frame._make, self.frames)), self.dtype, self.shape, self.note
+            self.nbytes,
+            tuple(map(Frame._make, self.frames)),
+            str(self.dtype).removeprefix("torch.") if self.dtype is not None else None,
+            tuple(self.shape) if self.shape is not None else None,
+            self.note,
         )
 
 
@@ -128,9 +136,7 @@ class _Recording:
         frames = self.frame_filter.stack(self.max_frames)
         if tensor is None:
             return _Record(birth, nbytes, frames)
-        return _Record(
-            birth, nbytes, frames, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)
-        )
+        return _Record(birth, nbytes, frames, tensor.dtype, tensor.shape)
 
     def died(self, ref: _StorageRef) -> None:
         record = _record_of(ref)

@@ -45,6 +45,7 @@ DEFAULT_MAX_ENTRIES = 100_000
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_NAME_CHARS = 120
 _HARNESS_PACKAGES = ("_pytest", "pluggy")
+_SHOW, _SKIP, _END = range(3)  # what a frame's file means for the walk (FrameFilter)
 
 T = TypeVar("T")
 
@@ -69,59 +70,79 @@ class FrameFilter:
 
     Frames of torch itself (dispatch, ``nn.Module.__call__``) and of pytest_sdmem (the counting
     mode, the pipeline runner) would otherwise fill the limited depth before the first line
-    the user wrote, and the test harness's (pytest, pluggy: skipped when already imported,
-    never imported from here) would fill it after. ``hidden`` adds directories to skip.
+    the user wrote: they are skipped, as are those under the ``hidden`` directories. A frame
+    of the test harness (pytest, pluggy; recognised when already imported, never imported
+    from here) ends the walk: everything further out is the harness calling the test, and
+    walking it for every new storage would cost more than the rest of the recording.
     """
 
     def __init__(self, hidden: Iterable[str | os.PathLike[str]] = ()):
         import torch
 
-        roots = {os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__))}
-        for name in _HARNESS_PACKAGES:
-            module = sys.modules.get(name)
-            if module is not None and getattr(module, "__file__", None):
-                roots.add(os.path.dirname(module.__file__))
-        roots.update(os.fspath(path) for path in hidden)
-        roots.update({os.path.realpath(root) for root in roots})
-        self._prefixes = tuple(os.path.join(root, "") for root in sorted(roots))
-        self._kept: dict[str, bool] = {}
+        internal = [os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__))]
+        internal.extend(os.fspath(path) for path in hidden)
+        harness = [
+            os.path.dirname(module.__file__)
+            for module in map(sys.modules.get, _HARNESS_PACKAGES)
+            if module is not None and getattr(module, "__file__", None)
+        ]
+        self._internal = _prefixes(internal)
+        self._harness = _prefixes(harness)
+        self._kinds: dict[str, int] = {}
 
-    def keep(self, filename: str) -> bool:
-        """Whether frames of ``filename`` are shown (cached: a stack walk asks for every frame)."""
-        kept = self._kept.get(filename)
-        if kept is None:
-            kept = self._kept[filename] = not filename.startswith(self._prefixes)
-        return kept
+    def _kind(self, filename: str) -> int:
+        """_SHOW, _SKIP or _END for frames of ``filename`` (cached: walks ask for every frame)."""
+        kind = self._kinds.get(filename)
+        if kind is None:
+            if filename.startswith(self._harness):
+                kind = _END
+            elif filename.startswith(self._internal):
+                kind = _SKIP
+            else:
+                kind = _SHOW
+            self._kinds[filename] = kind
+        return kind
 
     def stack(self, max_frames: int) -> tuple[tuple[str, int, str], ...]:
-        """The caller's kept frames, innermost first, at most ``max_frames``.
+        """The caller's shown frames, innermost first, at most ``max_frames``.
 
         A walk of ``sys._getframe`` rather than ``traceback.extract_stack``: it stops as soon
-        as it has enough frames and reads no source lines, which matters when it runs for
-        every new storage.
+        as it has enough frames, builds no objects for skipped ones and reads no source.
         """
         frames: list[tuple[str, int, str]] = []
         frame = sys._getframe(1)
-        keep = self.keep
+        kind_of = self._kind
         while frame is not None:
             code = frame.f_code
-            if keep(code.co_filename):
+            kind = kind_of(code.co_filename)
+            if kind == _SHOW:
                 frames.append((code.co_filename, frame.f_lineno, code.co_name))
                 if len(frames) == max_frames:
                     break
+            elif kind == _END:
+                break
             frame = frame.f_back
         return tuple(frames)
 
     def frames(self, raw: Iterable[Mapping[str, Any]], max_frames: int) -> tuple[Frame, ...]:
-        """Kept frames out of a CUDA snapshot's frame dicts (innermost first, like ``stack``)."""
-        kept = []
+        """Shown frames out of a CUDA snapshot's frame dicts (innermost first, like ``stack``)."""
+        shown: list[Frame] = []
         for item in raw:
             filename = str(item.get("filename", "?"))
-            if self.keep(filename):
-                kept.append(Frame(filename, int(item.get("line", 0)), str(item.get("name", "?"))))
-                if len(kept) == max_frames:
+            kind = self._kind(filename)
+            if kind == _SHOW:
+                shown.append(Frame(filename, int(item.get("line", 0)), str(item.get("name", "?"))))
+                if len(shown) == max_frames:
                     break
-        return tuple(kept)
+            elif kind == _END:
+                break
+        return tuple(shown)
+
+
+def _prefixes(roots: Iterable[str]) -> tuple[str, ...]:
+    """Directory prefixes for ``str.startswith``, both as given and with links resolved."""
+    found = {os.path.join(path, "") for root in roots for path in (root, os.path.realpath(root))}
+    return tuple(sorted(found))
 
 
 @dataclass

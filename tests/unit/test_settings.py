@@ -57,3 +57,16 @@ def test_bad_values(raw: dict, fragment: str) -> None:
     with pytest.raises(SettingsError) as err:
         build_settings(raw, CACHE, no_cuda)
     assert fragment in str(err.value)
+
+
+def test_each_xdist_worker_gets_its_own_gpu() -> None:
+    from pytest_sdmem.settings import Workers
+
+    assert build_settings({"gpu": True}, CACHE, two_gpus, Workers(2, 1)).device == "cuda:1"
+    with pytest.raises(SettingsError, match="-n 3 starts more pytest-xdist workers than the 2"):
+        build_settings({"gpu": True}, CACHE, two_gpus, Workers(3))
+    shared = build_settings({"gpu": True, "sdmem_share_gpu": True}, CACHE, two_gpus,
+                            Workers(3, 2))
+    assert shared.device == "cuda:0" and shared.share_gpu
+    # On the CPU, workers share the host: nothing to place.
+    assert build_settings({}, CACHE, no_cuda, Workers(2, 1)).device == "cpu"
