@@ -111,12 +111,15 @@ class FrameFilter:
         """
         frames: list[tuple[str, int, str]] = []
         frame = sys._getframe(1)
-        kind_of = self._kind
+        kinds = self._kinds  # the cache, read inline: this loop runs for every frame
         while frame is not None:
             code = frame.f_code
-            kind = kind_of(code.co_filename)
+            filename = code.co_filename
+            kind = kinds.get(filename)
+            if kind is None:
+                kind = self._kind(filename)
             if kind == _SHOW:
-                frames.append((code.co_filename, frame.f_lineno, code.co_name))
+                frames.append((filename, frame.f_lineno, code.co_name))
                 if len(frames) == max_frames:
                     break
             elif kind == _END:

@@ -1,0 +1,180 @@
+"""Budgets that depend on the card, kept out of the tests in a TOML file.
+
+A memory or speed claim holds on one card and not on another: a 1.2x slowdown of model
+offloading is "almost none" on the guide's Titan RTX but may not be on a card whose PCIe link is
+slow next to its compute. So the suite names its budgets by key
+(``@pytest.mark.max_vram(budget="sequential_offload")``) and a file holds the figures: a
+``[default]`` table with the guide's numbers, and one table per GPU model, named exactly as
+``torch.cuda.get_device_name()`` returns it, overriding some of them::
+
+    [default]
+    sequential_offload = "3 GB"       # a memory budget: a size string
+    seed_fp16 = 1.32                  # a speed-up factor: a number
+
+    ["NVIDIA H100 80GB HBM3"]
+    seed_fp16 = 1.8
+
+The file is validated when loaded, so a typo is an error naming the file, the table and the key,
+never a silently different budget: every size must parse, every factor must be a positive finite
+number, a device table may only override keys that ``[default]`` defines, and with the same kind
+of value (a size stays a size).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, parse_size
+
+DEFAULT_TABLE = "default"
+
+Kind = Literal["size", "factor"]
+
+_KIND_WORDS: dict[Kind, str] = {
+    "size": "a memory budget (a size string such as \"3 GB\")",
+    "factor": "a speed-up factor (a positive number such as 1.5)",
+}
+
+
+class BudgetError(ValueError):
+    """A budgets file or lookup that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One parsed value: bytes for a size, the factor for a speed-up; ``text`` as written."""
+
+    kind: Kind
+    value: int | float
+    text: str
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    """The file's tables, or a BudgetError saying why it cannot be read."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise BudgetError(
+                f"budgets file {path}: reading TOML on Python 3.10 needs tomli "
+                "(pip install tomli)"
+            ) from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BudgetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BudgetError(f"budgets file {path} is not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise BudgetError(f"budgets file {path} is not valid TOML: {exc}") from exc
+
+
+def _parse_value(where: str, raw: Any) -> Budget:
+    """A string is a size, a number a factor; anything else (booleans included) is an error."""
+    if isinstance(raw, str):
+        try:
+            return Budget("size", parse_size(raw), raw)
+        except UnitError:
+            raise BudgetError(f"{where} = {raw!r} is not a size; accepted: {ACCEPTED_SIZES}")
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not math.isfinite(raw) or raw <= 0:
+            raise BudgetError(f"{where} = {raw!r} is not a positive finite speed-up factor")
+        return Budget("factor", float(raw), repr(raw))
+    raise BudgetError(
+        f"{where} = {raw!r} is neither {_KIND_WORDS['size']} nor {_KIND_WORDS['factor']}"
+    )
+
+
+def _table_name(name: str) -> str:
+    return f"[{name}]" if name == DEFAULT_TABLE else f"[{name!r}]"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The budgets of one file: defaults, and per-device overrides keyed by device name."""
+
+    path: Path
+    defaults: Mapping[str, Budget]
+    devices: Mapping[str, Mapping[str, Budget]]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The known budget keys, sorted: those ``[default]`` defines."""
+        return tuple(sorted(self.defaults))
+
+    def lookup(self, key: str, device_name: str) -> tuple[Budget, str]:
+        """The budget for ``key`` on ``device_name`` and the table it came from.
+
+        The device's own table wins; a device without a table, or a key its table does not
+        override, gets ``[default]``.
+        """
+        if key not in self.defaults:
+            known = ", ".join(self.keys) or "(none)"
+            raise BudgetError(f"unknown budget key {key!r} in {self.path}; known keys: {known}")
+        override = self.devices.get(device_name, {}).get(key)
+        if override is not None:
+            return override, _table_name(device_name)
+        return self.defaults[key], _table_name(DEFAULT_TABLE)
+
+    def _get(self, key: str, device_name: str, kind: Kind) -> int | float:
+        budget, table = self.lookup(key, device_name)
+        if budget.kind != kind:
+            raise BudgetError(
+                f"budget {key!r} in {self.path} {table} is {_KIND_WORDS[budget.kind]}, "
+                f"got {budget.text}; this marker needs {_KIND_WORDS[kind]}"
+            )
+        return budget.value
+
+    def vram(self, key: str, device_name: str) -> int:
+        """The memory budget ``key`` for ``device_name``, in bytes."""
+        return int(self._get(key, device_name, "size"))
+
+    def speedup(self, key: str, device_name: str) -> float:
+        """The speed-up factor ``key`` for ``device_name``."""
+        return float(self._get(key, device_name, "factor"))
+
+
+def load_budgets(path: Path | str) -> Budgets:
+    """Read and validate a budgets file (see the module docstring for its layout)."""
+    path = Path(path)
+    tables = _load_toml(path)
+    stray = sorted(name for name, value in tables.items() if not isinstance(value, dict))
+    if stray:
+        raise BudgetError(
+            f"budgets file {path}: top-level key(s) {', '.join(stray)} outside any table; "
+            f"budgets belong in [{DEFAULT_TABLE}] or in a table named after a device, "
+            "e.g. [\"NVIDIA H100 80GB HBM3\"]"
+        )
+    if DEFAULT_TABLE not in tables:
+        raise BudgetError(f"budgets file {path} has no [{DEFAULT_TABLE}] table: it defines "
+                          "the known keys and their values on any device")
+    defaults = {
+        key: _parse_value(f"budgets file {path} [{DEFAULT_TABLE}] key {key!r}", raw)
+        for key, raw in tables[DEFAULT_TABLE].items()
+    }
+    devices: dict[str, dict[str, Budget]] = {}
+    for device, table in tables.items():
+        if device == DEFAULT_TABLE:
+            continue
+        overrides: dict[str, Budget] = {}
+        for key, raw in table.items():
+            where = f"budgets file {path} {_table_name(device)} key {key!r}"
+            if key not in defaults:
+                raise BudgetError(f"{where} is not a known budget: a device table only overrides "
+                                  f"keys of [{DEFAULT_TABLE}]: {', '.join(sorted(defaults))}")
+            budget = _parse_value(where, raw)
+            if budget.kind != defaults[key].kind:
+                raise BudgetError(f"{where} = {budget.text} is {_KIND_WORDS[budget.kind]}, but "
+                                  f"[{DEFAULT_TABLE}] makes it {_KIND_WORDS[defaults[key].kind]}")
+            overrides[key] = budget
+        devices[device] = overrides
+    return Budgets(path=path, defaults=defaults, devices=devices)

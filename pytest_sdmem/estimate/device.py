@@ -1,0 +1,152 @@
+"""The simulated GPU of an estimate: meta tensor storages become blocks of the allocator model.
+
+Code run on the meta device creates and frees storages exactly where it would on CUDA (the same
+Python and the same aten ops, minus the data), so the core's exact storage accounting
+(``memory.cpu.StorageCounter`` on "meta") sees every allocation and every release in order. A
+subclass reports each of those events to a ``CachingAllocatorModel`` instead of only adding up
+bytes. Two kinds of storage are not on the simulated GPU:
+
+* anything that existed before the device was activated: the counter starts empty instead of
+  scanning the process, because the pipeline's weights are put on the device by the placement
+  policy (``place``), in the order a ``.to("cuda")`` would allocate them, and unrelated meta
+  tensors elsewhere in the process are on no GPU;
+* storages declared host-resident (``keep_on_host``): an offloaded model's weights live on the
+  CPU; a placement policy accounts for their temporary GPU copies with ``copy_in``/``release``.
+
+Phases name the model that ran last, so that a report can say where the peak was reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from pytest_sdmem.estimate.allocator import Block, CachingAllocatorModel
+from pytest_sdmem.memory.cpu import StorageCounter
+
+#: The phase before any model has run (and the name for work outside the models).
+PIPELINE_PHASE = "pipeline"
+
+
+class _StorageEvents(StorageCounter):
+    """A meta ``StorageCounter`` that tells its device when a storage is born, grows or dies.
+
+    It relies on two details of the base class: ``see_storage`` is where a storage is counted
+    (or its new size taken), and ``_on_free`` is the weak-reference callback that fires when a
+    counted storage is released; ``_refs`` maps storage keys to their references.
+    """
+
+    def __init__(self, device: SimulatedDevice) -> None:
+        super().__init__("meta")
+        self._device = device
+
+    def rescan(self) -> None:
+        """Start empty: what exists before activation is placed explicitly, or is not on the GPU."""
+
+    def see_storage(self, storage: torch.UntypedStorage, *args: Any, **kwargs: Any) -> bool:
+        key = storage._cdata
+        if key in self._device.host_keys:
+            return True
+        before = self._refs.get(key)
+        old_bytes = before.nbytes if before is not None and before() is storage else None
+        if not super().see_storage(storage, *args, **kwargs):
+            return False
+        ref = self._refs[key]
+        if old_bytes is None:
+            if before is not None:  # a dead storage under the same key whose callback is pending
+                self._device.storage_freed(id(before))
+            self._device.storage_born(id(ref), ref.nbytes)
+        elif old_bytes != ref.nbytes:  # resized: CUDA allocates the new size, then frees the old
+            self._device.storage_resized(id(ref), ref.nbytes)
+        return True
+
+    def _on_free(self, ref: Any) -> None:
+        live = self._refs.get(ref.key) is ref
+        super()._on_free(ref)
+        if live:
+            self._device.storage_freed(id(ref))
+
+
+class SimulatedDevice:
+    """One simulated CUDA device: use as ``with SimulatedDevice() as device: ...``.
+
+    While active, every meta storage created in this thread is an allocation of the model
+    allocator (``allocator``), freed when the storage is released. ``phase_peaks`` holds the
+    highest allocated figure reached in each phase.
+    """
+
+    def __init__(self) -> None:
+        self.allocator = CachingAllocatorModel()
+        self.host_keys: set[int] = set()
+        self.phase = PIPELINE_PHASE
+        self.phase_peaks: dict[str, int] = {}
+        self._blocks: dict[int, Block | None] = {}
+        self._events = _StorageEvents(self)
+
+    @property
+    def allocated(self) -> int:
+        return self.allocator.allocated
+
+    def __enter__(self) -> SimulatedDevice:
+        self._events.activate()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._events.deactivate()
+
+    def place(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Allocate tensors that already exist (weights), in the given order, as a ``.to``
+        would; a storage seen before is not allocated again."""
+        for tensor in tensors:
+            self._events.see_storage(tensor.untyped_storage())
+
+    def keep_on_host(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Declare tensors to live on the CPU: their storages never count on the device."""
+        self.host_keys.update(t.untyped_storage()._cdata for t in tensors)
+
+    def copy_in(self, tensor: torch.Tensor, stream: int = 0) -> Block | None:
+        """Allocate the device copy of a host tensor (``tensor.to("cuda")``: dense, its own
+        storage, on the current ``stream``)."""
+        return self._malloc(tensor.numel() * tensor.element_size(), stream)
+
+    def release(self, block: Block | None) -> None:
+        """Free a block from ``copy_in`` (the device copy is dropped)."""
+        self.allocator.free(block)
+
+    def empty_cache(self) -> None:
+        """What ``torch.cuda.empty_cache()`` does where the real code calls it."""
+        self.allocator.empty_cache()
+
+    def set_phase(self, name: str) -> None:
+        """From now on, allocations belong to phase ``name``."""
+        self.phase = name
+        self._note_peak()
+
+    def reset_peak(self) -> None:
+        """Start the peak windows here, as ``torch.cuda.reset_peak_memory_stats()`` would."""
+        self.allocator.reset_peak()
+        self.phase_peaks = {}
+        self._note_peak()
+
+    def storage_born(self, ident: int, nbytes: int) -> None:
+        self._blocks[ident] = self._malloc(nbytes, 0)
+
+    def storage_resized(self, ident: int, nbytes: int) -> None:
+        old = self._blocks.get(ident)
+        self._blocks[ident] = self._malloc(nbytes, 0)
+        self.allocator.free(old)
+
+    def storage_freed(self, ident: int) -> None:
+        self.allocator.free(self._blocks.pop(ident, None))
+
+    def _malloc(self, nbytes: int, stream: int) -> Block | None:
+        block = self.allocator.malloc(nbytes, stream)
+        self._note_peak()
+        return block
+
+    def _note_peak(self) -> None:
+        allocated = self.allocator.allocated
+        if allocated > self.phase_peaks.get(self.phase, -1):
+            self.phase_peaks[self.phase] = allocated
