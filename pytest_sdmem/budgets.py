@@ -82,9 +82,11 @@ def _parse_value(where: str, raw: Any) -> Budget:
     """A string is a size, a number a factor; anything else (booleans included) is an error."""
     if isinstance(raw, str):
         try:
-            return Budget("size", parse_size(raw), raw)
+            return Budget("size", parse_size(raw), repr(raw))
         except UnitError:
-            raise BudgetError(f"{where} = {raw!r} is not a size; accepted: {ACCEPTED_SIZES}")
+            raise BudgetError(
+                f"{where} = {raw!r} is not a size; accepted: {ACCEPTED_SIZES}"
+            ) from None
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         if not math.isfinite(raw) or raw <= 0:
             raise BudgetError(f"{where} = {raw!r} is not a positive finite speed-up factor")

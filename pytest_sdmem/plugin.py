@@ -147,6 +147,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     settings = item.config.stash[SETTINGS]
     tracker = MemoryTracker(get_backend(settings.device))
     tracker.start()
+    if settings.snapshot_dir is not None and state.max_vram is not None:
+        from pytest_sdmem.memory.snapshot import SnapshotRecorder
+
+        # Started after the tracker: what setup left alive is "before recording", and the
+        # recording's peak is the tracker's. Stopped in makereport, once the verdict is known.
+        state.recorder = SnapshotRecorder.for_device(settings.device)
+        state.recorder.start()
     try:
         result = yield
     finally:
@@ -248,18 +255,47 @@ def pytest_runtest_makereport(
         verdicts.append(BaselineVerdict(gate.judge(record), str(gate.path)))
     failed = [v for v in verdicts if not v.passed]
     oom = vram is not None and vram.oom is not None
+    snapshot = _stop_snapshot(item, state, vram is not None and not vram.passed)
     if failed and (rep.passed or oom):
         rep.outcome = "failed"
         rep.longrepr = "\n".join(v.as_longrepr() for v in failed)
+        if snapshot is not None and snapshot.path is not None:
+            viewer = (" (open it at https://pytorch.org/memory_viz)"
+                      if snapshot.path.suffix == ".pickle" else "")
+            rep.longrepr += f"\nmemory snapshot: {snapshot.path}{viewer}"
         rep.sdmem_status = (failed[0].status_word, failed[0].status_letter)
         if oom:
             _release_oom(call)
     rep.sections.extend(v.as_section() for v in verdicts)
+    if snapshot is not None:
+        rep.sections.append(snapshot.as_section())
+        record.snapshot = snapshot.to_dict()
     item.user_properties.extend(_properties(state, report))
     record.outcome = rep.outcome
     record.verdicts = [v.to_dict() for v in verdicts]
     rep.sdmem = record.to_dict()  # plain data: crosses pytest-xdist's wire to the controller
     return rep
+
+
+def _stop_snapshot(item: pytest.Item, state: TestState, budget_failed: bool) -> Any:
+    """Stop the test's allocation recording; on a budget failure, keep what it saw.
+
+    CUDA writes a snapshot file for pytorch.org/memory_viz; on the CPU the report (largest live
+    tensors at the peak, with the frames that made them) is saved as JSON beside it, so CI
+    uploads the same kind of artifact from both tiers.
+    """
+    recorder, state.recorder = state.recorder, None
+    if recorder is None:
+        return None
+    directory = item.config.stash[SETTINGS].snapshot_dir
+    report = recorder.stop(budget_failed, item.nodeid, directory)
+    if report is not None and report.path is None:
+        from pytest_sdmem.memory.snapshot import snapshot_file_name
+        from pytest_sdmem.results import write_json_atomic
+
+        report.path = write_json_atomic(directory / snapshot_file_name(item.nodeid, ".json"),
+                                        report.to_dict())
+    return report
 
 
 def _release_oom(call: pytest.CallInfo[None]) -> None:

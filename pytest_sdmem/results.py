@@ -45,6 +45,7 @@ class TestRecord:
     estimated: bool = False
     duration_s: float | None = None
     leak_bytes: int | None = None
+    snapshot: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

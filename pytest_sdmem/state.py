@@ -34,6 +34,7 @@ class TestState:
     sd_pipe: Any = None
     speedup: Any = None
     leak_bytes: int | None = None
+    recorder: Any = None
 
     def budget_report(self) -> MemoryReport | None:
         """The figures a budget applies to: the highest tracker block if the test used any

@@ -155,7 +155,7 @@ class CachingAllocatorModel:
 
     def empty_cache(self) -> None:
         """Release every cached block that is a whole segment (``torch.cuda.empty_cache``)."""
-        for small, keys in self._pools.items():
+        for keys in self._pools.values():
             for key in [k for k in keys if not self._cached[k].is_split]:
                 block = self._uncache(self._cached[key])
                 self.reserved -= block.size

@@ -18,8 +18,8 @@ the meta device without allocating it (the estimator relies on that).
 
 For memory snapshots the counter can also *record* (``start_recording``): each storage it
 counts from then on keeps the Python frames that made it, and the storages alive at the peak
-are followed (``snapshot.PeakLiveSet``). Without recording none of that runs: the only trace
-of it on the counting path is one ``None`` check per new storage and per free.
+are followed (``snapshot.PeakLiveSet``). Without recording none of that runs: all it adds to
+the counting path is a check or two for ``None`` per new storage and one per free.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ _LEAF_TYPES = frozenset(
 class _Record:
     """Where a storage counted while recording came from.
 
-    Kept as found (frame tuples, the ``torch.dtype``, the ``torch.Size``) and turned into
-    text only for the few allocations a report shows.
+    Kept as found (frame tuples, the ``torch.dtype``, the ``torch.Size``): turning them into
+    text is left to the report, made once, rather than done for every storage.
     """
 
     birth: int

@@ -24,6 +24,7 @@ import pickle
 import re
 import sys
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ _MAX_NAME_CHARS = 120
 _HARNESS_PACKAGES = ("_pytest", "pluggy")
 _SHOW, _SKIP, _END = range(3)  # what a frame's file means for the walk (FrameFilter)
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class Frame(NamedTuple):
@@ -57,11 +58,13 @@ class Frame(NamedTuple):
     line: int
     name: str
 
-    def render(self, root: str | None = None) -> str:
-        """``file:line in function``, the file relative to ``root`` when it lies under it."""
+    def render(self, roots: Sequence[str] = ()) -> str:
+        """``file:line in function``, the file relative to the first of ``roots`` it lies under."""
         filename = self.filename
-        if root and filename.startswith(root + os.sep):
-            filename = filename[len(root) + 1 :]
+        for root in roots:
+            if filename.startswith(os.path.join(root, "")):
+                filename = filename[len(os.path.join(root, "")) :]
+                break
         return f"{filename}:{self.line} in {self.name}"
 
 
@@ -228,15 +231,19 @@ class SnapshotReport:
         )
 
     def as_section(self) -> tuple[str, str]:
-        """The report section: title and text, frames relative to the working directory."""
-        root = os.getcwd()
+        """The report section: title and text.
+
+        Files are shown relative to the working directory, or else to the import path entry
+        holding them (``diffusers/models/attention.py`` rather than a site-packages path).
+        """
+        roots = [os.getcwd(), *sorted(filter(None, sys.path), key=len, reverse=True)]
         lines = [
             f"largest live allocations at the peak on {self.device} "
             f"({format_size(self.peak_bytes)} live):"
         ]
         for allocation in self.allocations:
             lines.append(f"  {allocation.describe()}")
-            lines.extend(f"      {frame.render(root)}" for frame in allocation.frames)
+            lines.extend(f"      {frame.render(roots)}" for frame in allocation.frames)
         if self.unlisted_count:
             lines.append(
                 f"  + {self.unlisted_count} smaller allocations: {format_size(self.unlisted_bytes)}"
@@ -278,7 +285,7 @@ def snapshot_file_name(nodeid: str, suffix: str = ".pickle") -> str:
     return f"{readable}-{digest}{suffix}"
 
 
-class PeakLiveSet(Generic[T]):
+class PeakLiveSet(Generic[_T]):
     """Which allocations are alive at the highest level reached, in constant time per event.
 
     Every allocation gets a birth number. A new peak remembers the last birth number; from
@@ -296,7 +303,7 @@ class PeakLiveSet(Generic[T]):
         self.untraced_at_peak = untraced_count
         self._births = 0
         self._peak_birth = 0
-        self._freed_since_peak: list[T] = []
+        self._freed_since_peak: list[_T] = []
 
     def born(self) -> int:
         """The birth number of a new allocation (call ``level`` once it is counted)."""
@@ -311,7 +318,7 @@ class PeakLiveSet(Generic[T]):
             self._freed_since_peak = []
             self.untraced_at_peak = self.untraced_count
 
-    def died(self, birth: int, item: T) -> None:
+    def died(self, birth: int, item: _T) -> None:
         """A recorded allocation was freed."""
         if birth <= self._peak_birth:
             self._freed_since_peak.append(item)
@@ -320,7 +327,7 @@ class PeakLiveSet(Generic[T]):
         """An allocation made before recording was freed."""
         self.untraced_count -= 1
 
-    def at_peak(self, survivors: Iterable[tuple[int, T]]) -> list[T]:
+    def at_peak(self, survivors: Iterable[tuple[int, _T]]) -> list[_T]:
         """The allocations alive at the peak, given ``(birth, item)`` of those still alive."""
         peak_birth = self._peak_birth
         return [item for birth, item in survivors if birth <= peak_birth] + self._freed_since_peak
@@ -424,7 +431,7 @@ def _free(
     return int(entry[1]["size"])
 
 
-class SnapshotRecorder:
+class SnapshotRecorder(ABC):
     """Records one test's allocations, for the plugin: ``start()``, run the test, ``stop()``.
 
     ``for_device`` picks the implementation. ``stop`` always ends the recording; it builds a
@@ -472,13 +479,13 @@ class SnapshotRecorder:
             )
         return CpuSnapshotRecorder(backend.device, max_frames=max_frames, top=top, hidden=hidden)
 
+    @abstractmethod
     def start(self) -> None:
         """Switch recording on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop(self, failed: bool, nodeid: str, directory: Path) -> SnapshotReport | None:
         """Switch recording off; for a failed test, return the report (and write the file)."""
-        raise NotImplementedError
 
 
 class CpuSnapshotRecorder(SnapshotRecorder):
@@ -525,21 +532,24 @@ class CudaSnapshotRecorder(SnapshotRecorder):
         record = torch.cuda.memory._record_memory_history
         options: dict[str, Any] = {}
         if "clear_history" in inspect.signature(record).parameters:
-            options["clear_history"] = True  # this test's events only (torch >= 2.5)
+            options["clear_history"] = True  # this test's events only (not in older torch)
         record(enabled="all", context="alloc", stacks="python", max_entries=self.max_entries,
                **options)
         self.recording = True
 
     def stop(self, failed: bool, nodeid: str, directory: Path) -> SnapshotReport | None:
-        """One ``_snapshot()`` serves both the file (what ``_dump_snapshot`` writes) and the
-        section, so they agree; the file is written atomically."""
+        """Write ``directory/<sanitised nodeid>-<hash>.pickle`` for a failed test.
+
+        One ``_snapshot()`` serves both the file (what ``_dump_snapshot`` would write) and the
+        section, so the two agree. A file that cannot be written does not lose the section:
+        the report says why the file is missing.
+        """
         import torch
 
         try:
             if not failed:
                 return None
             snapshot = torch.cuda.memory._snapshot()
-            path = _write_pickle(snapshot, Path(directory) / snapshot_file_name(nodeid))
         finally:
             self.recording = False
             torch.cuda.memory._record_memory_history(enabled=None)
@@ -547,7 +557,11 @@ class CudaSnapshotRecorder(SnapshotRecorder):
             snapshot, self.index, top=self.top, max_frames=self.max_frames,
             frame_filter=FrameFilter(self.hidden), max_entries=self.max_entries,
         )
-        report.path = path
+        path = Path(directory) / snapshot_file_name(nodeid)
+        try:
+            report.path = _write_pickle(snapshot, path)
+        except OSError as exc:
+            report.notes.append(f"could not write the snapshot to {path}: {exc}")
         return report
 
 

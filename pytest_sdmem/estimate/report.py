@@ -1,0 +1,129 @@
+"""The result of an estimate: what ``torch.cuda.max_memory_allocated`` would say, and how sure.
+
+``estimated_allocated`` is the simulated allocator's peak of allocated bytes over the call,
+with the weights on the device counted, as ``max_memory_allocated`` after
+``reset_peak_memory_stats`` at the start of the call would report it. Everything the
+simulation cannot see is listed in ``not_modelled`` and never folded into the figure: the
+caller decides what overhead to add, and to which metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pytest_sdmem.memory.tracker import MemoryReport
+from pytest_sdmem.runner import GenerationArgs
+from pytest_sdmem.units import format_duration, format_size
+
+#: ``MemoryReport.device`` of an estimate.
+ESTIMATED_DEVICE = "cuda (estimated)"
+ESTIMATED_DEVICE_NAME = "simulated CUDA caching allocator, sm80+ attention kernels"
+
+#: What counts in ``max_memory_allocated`` on a real GPU but is not in the estimate, and what
+#: the estimate assumes. Each entry says which way it moves the real figure.
+NOT_MODELLED: tuple[str, ...] = (
+    "cuBLAS/cuBLASLt workspaces (allocated through the caching allocator at the first matmul "
+    "and kept: a few MiB to 32 MiB per stream, depending on the GPU): the real figure is higher",
+    "cuDNN convolution workspaces and kernel-internal temporaries (e.g. GroupNorm's per-channel "
+    "buffers): transient, higher real figure only if one is alive at the peak",
+    "the caching allocator runs with default settings (no expandable_segments, "
+    "max_split_size_mb or roundup_power2_divisions) and unlimited memory: a GPU that fills up "
+    "frees its cache and retries, which changes block reuse, not the bytes alive",
+    "SDPA kernels are chosen as on an sm80+ GPU (A100, H100) with the default backends; "
+    "cuDNN attention is counted as flash (they differ by the log-sum-exp only)",
+    "the CUDA context, loaded kernels and library handles are outside the allocator: they are "
+    "in memory_reserved/nvidia-smi, never in max_memory_allocated",
+    "timesteps stay on the host (on the GPU they are one 512-byte block) and tensor values read "
+    "back to the host are zeros (the safety checker's verdict only decides whether the host "
+    "blanks an image)",
+)
+
+
+@dataclass
+class EstimateReport:
+    """An estimate of one generation's CUDA memory, made on meta tensors."""
+
+    model: str
+    technique: str
+    args: GenerationArgs
+    steps_estimated: int
+    safety_checker: bool
+    estimated_allocated: int
+    estimated_reserved: int
+    start_allocated: int
+    end_allocated: int
+    tensor_bytes_at_peak: int
+    phase_peaks: dict[str, int]
+    placement: str
+    attention_kernels: dict[str, int]
+    seconds: float
+    not_modelled: tuple[str, ...] = field(default=NOT_MODELLED)
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase (model that ran last) in which the peak was reached."""
+        return max(self.phase_peaks, key=lambda name: self.phase_peaks[name])
+
+    def to_memory_report(self) -> MemoryReport:
+        """The estimate as the figures of a measured block, on the device "cuda (estimated)".
+
+        Host figures are not those of a real run, so they are left out; the estimate has no
+        allocator retries or OOMs.
+        """
+        return MemoryReport(
+            device=ESTIMATED_DEVICE,
+            device_name=ESTIMATED_DEVICE_NAME,
+            peak_allocated=self.estimated_allocated,
+            peak_reserved=self.estimated_reserved,
+            start_allocated=self.start_allocated,
+            end_allocated=self.end_allocated,
+            host_peak_rss=None,
+            host_rss_method="not measured (estimate)",
+            process_peak=None,
+            num_alloc_retries=0,
+            num_ooms=0,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The estimate for JSON, with units in the key names."""
+        return {
+            "estimated": True,
+            "model": self.model,
+            "technique": self.technique,
+            "generation": asdict(self.args),
+            "steps_estimated": self.steps_estimated,
+            "safety_checker": self.safety_checker,
+            "estimated_allocated_bytes": self.estimated_allocated,
+            "estimated_reserved_bytes": self.estimated_reserved,
+            "start_allocated_bytes": self.start_allocated,
+            "end_allocated_bytes": self.end_allocated,
+            "tensor_bytes_at_peak": self.tensor_bytes_at_peak,
+            "peak_phase": self.peak_phase,
+            "phase_peaks_bytes": dict(self.phase_peaks),
+            "placement": self.placement,
+            "attention_kernels": dict(self.attention_kernels),
+            "seconds": self.seconds,
+            "not_modelled": list(self.not_modelled),
+        }
+
+    def __str__(self) -> str:
+        phases = ", ".join(f"{name} {format_size(peak)}" for name, peak in self.phase_peaks.items())
+        kernels = ", ".join(f"{n} {k}" for k, n in sorted(self.attention_kernels.items()))
+        steps = (f"{self.steps_estimated} of {self.args.num_inference_steps} steps"
+                 if self.steps_estimated != self.args.num_inference_steps
+                 else f"{self.steps_estimated} steps")
+        return "\n".join([
+            f"{self.model} {self.technique!r}, {self.args.batch_size} image(s) "
+            f"{self.args.width}x{self.args.height}, {steps}"
+            f"{'' if self.safety_checker else ', no safety checker'}: estimated CUDA peak "
+            f"allocated {format_size(self.estimated_allocated)} (in {self.peak_phase}), "
+            f"reserved {format_size(self.estimated_reserved)}",
+            f"  weights at start {format_size(self.start_allocated)}, end "
+            f"{format_size(self.end_allocated)}; tensor bytes at the peak "
+            f"{format_size(self.tensor_bytes_at_peak)} before block rounding",
+            f"  phase peaks: {phases}",
+            f"  placement: {self.placement}; SDPA kernels: {kernels or 'none called'}",
+            f"  estimated in {format_duration(self.seconds)} on meta tensors; not modelled: "
+            + "; ".join(self.not_modelled),
+        ])

@@ -1,0 +1,200 @@
+"""Estimate a generation's CUDA memory by running the real pipeline on meta tensors.
+
+The synthetic pipeline is built on the meta device (shapes and dtypes, no data: a second, not
+minutes, and no weights in host memory), the technique's configuration is applied with the
+same functions the GPU run uses, and ``StableDiffusionPipeline.__call__`` runs unchanged:
+the text encoder, the denoising loop with classifier-free guidance, the VAE decode, the safety
+checker and the image postprocessing. A ``SimulatedDevice`` turns the meta storages the code
+creates and frees into blocks of the CUDA caching allocator model; a placement policy decides
+where the weights are (see ``placement``); ``CudaAttention`` makes SDPA allocate what the CUDA
+kernel would.
+
+What had to be bypassed, all at the boundary between device and host, none of it inside the
+models:
+
+* Values read back to the host (``.cpu()``, ``.numpy()``, ``.item()``, ``.tolist()``,
+  ``.to("cpu")`` of a meta tensor) are zeros of the right shape and dtype: the image
+  postprocessing and the safety checker hand images to numpy and PIL, and the safety checker
+  reads its thresholds with ``.item()``. They allocate nothing on a GPU either.
+* The scheduler keeps its timesteps on the host: schedulers index their tables and compare
+  with the timestep (``alphas_cumprod[t]``, ``prev_t >= 0``), which needs values. On a GPU
+  the timesteps tensor is one 512-byte block.
+* No generator (meta tensors have no random numbers); the latents' shape and dtype are the
+  same.
+* The offload techniques are not run (they move weights between the CPU and a CUDA device);
+  their placement is modelled instead. Techniques that replace the Python code by something
+  the meta run cannot follow are refused (``unsupported_reason``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from pytest_sdmem.estimate.attention import CudaAttention
+from pytest_sdmem.estimate.device import SimulatedDevice
+from pytest_sdmem.estimate.placement import (
+    GroupOffload,
+    ModelEntries,
+    ModelOffload,
+    Models,
+    Placement,
+    Resident,
+    SequentialOffload,
+)
+from pytest_sdmem.estimate.report import EstimateReport
+from pytest_sdmem.pipelines import build_pipeline
+from pytest_sdmem.runner import GenerationArgs
+from pytest_sdmem.techniques import (
+    Stage,
+    TechniqueError,
+    TechniqueSet,
+    apply_techniques,
+    parse_technique,
+)
+
+#: Steps actually run. Every step runs the same code; what differs between steps is the
+#: scheduler's history and, with group offloading, the prefetching that starts at the second
+#: UNet call. PNDM (SD 1.5's scheduler) runs one UNet call more than it has steps and keeps up
+#: to four previous model outputs, which it holds from the fifth step on; from then on each
+#: step repeats the previous one, so more steps cannot change the estimate, only its cost.
+DEFAULT_MAX_STEPS = 5
+
+#: Techniques the estimator cannot follow, and why. They change what runs, not only where.
+REFUSED: dict[str, str] = {
+    "jit_trace": "a traced UNet runs TorchScript's graph executor, not the Python code the "
+                 "estimator follows on meta tensors, and its buffer reuse is not modelled",
+    "compile": "torch.compile fuses kernels and plans its own buffers (inductor), so the eager "
+               "allocations seen on meta tensors are not what compiled code allocates",
+    "xformers": "xFormers' kernels are not modelled (only PyTorch's SDPA kernels are); "
+                "estimate 'sdpa' for memory-efficient attention",
+}
+
+_OFFLOADS = ("model_offload", "sequential_offload", "group_offload")
+
+
+class UnsupportedTechniqueError(TechniqueError):
+    """The technique set cannot be estimated; the message says why."""
+
+
+def unsupported_reason(technique_set: TechniqueSet | str) -> str | None:
+    """Why ``technique_set`` cannot be estimated on meta tensors, or None when it can."""
+    ts = parse_technique(technique_set) if isinstance(technique_set, str) else technique_set
+    reasons = [f"{name}: {REFUSED[name]}" for name in REFUSED if name in ts]
+    offloads = [name for name in _OFFLOADS if name in ts]
+    if "layerwise_casting" in ts and offloads:
+        reasons.append(
+            f"layerwise_casting with {offloads[0]}: the casting hooks replace the weights' "
+            "storages while the offload model tracks them, so their combination is not modelled"
+        )
+    if not reasons:
+        return None
+    return f"cannot estimate {ts.expr!r}: " + "; ".join(reasons)
+
+
+def placement_for(ts: TechniqueSet) -> Placement:
+    """The placement policy of the set's offload technique (everything resident without)."""
+    if "model_offload" in ts:
+        return ModelOffload()
+    if "sequential_offload" in ts:
+        return SequentialOffload()
+    if "group_offload" in ts:
+        # The technique uses CUDA streams whenever it runs on CUDA.
+        return GroupOffload(use_stream=True)
+    return Resident()
+
+
+def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "none",
+                        args: GenerationArgs | None = None, *, safety_checker: bool = True,
+                        max_steps: int = DEFAULT_MAX_STEPS) -> EstimateReport:
+    """Estimate ``torch.cuda.max_memory_allocated`` of one generation of the synthetic
+    ``model`` ("sd15", "tiny") under ``technique``, without a GPU.
+
+    ``args`` defaults to the guide's generation (one 512x512 image); at most ``max_steps``
+    steps are run (see ``DEFAULT_MAX_STEPS``). Raises UnsupportedTechniqueError for a set
+    ``unsupported_reason`` refuses, TechniqueError for an unknown one and ModelError for a
+    model that is not synthetic.
+    """
+    ts = parse_technique(technique) if isinstance(technique, str) else technique
+    reason = unsupported_reason(ts)
+    if reason is not None:
+        raise UnsupportedTechniqueError(reason)
+    args = args or GenerationArgs()
+    steps = min(args.num_inference_steps, max_steps)
+    started = time.perf_counter()
+    pipe = build_pipeline(model, device="meta", safety_checker=safety_checker)
+    on_meta = TechniqueSet(tuple(t for t in ts.techniques if t.stage is not Stage.PLACE))
+    apply_techniques(pipe, on_meta, args.context("meta"))
+    models = Models.of(pipe)
+    placement = placement_for(ts)
+    with SimulatedDevice() as device:
+        placement.attach(models, device)
+        try:
+            start = device.allocated
+            device.reset_peak()
+            with ModelEntries(models, [device.set_phase, placement.enter_model]), \
+                    CudaAttention() as attention, HostBoundary(), timesteps_on_host(pipe):
+                pipe(prompt=args.prompt, num_inference_steps=steps, height=args.height,
+                     width=args.width, num_images_per_prompt=args.batch_size,
+                     guidance_scale=args.guidance_scale, output_type="np")
+            placement.finish()
+        finally:
+            placement.detach()
+        allocator = device.allocator
+        return EstimateReport(
+            model=model, technique=ts.expr, args=args, steps_estimated=steps,
+            safety_checker=safety_checker,
+            estimated_allocated=allocator.peak_allocated,
+            estimated_reserved=allocator.peak_reserved,
+            start_allocated=start, end_allocated=allocator.allocated,
+            tensor_bytes_at_peak=allocator.requested_at_peak,
+            phase_peaks=dict(device.phase_peaks), placement=placement.description,
+            attention_kernels=dict(attention.kernels),
+            seconds=time.perf_counter() - started,
+        )
+
+
+class HostBoundary(TorchFunctionMode):
+    """Values of meta tensors read back to the host are zeros (see the module docstring)."""
+
+    _READS = frozenset({torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.item,
+                        torch.Tensor.tolist})
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        if args and isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
+            tensor = args[0]
+            if func in self._READS:
+                zeros = torch.zeros(tensor.shape, dtype=tensor.dtype)
+                if func is torch.Tensor.cpu:
+                    return zeros
+                return func(zeros, *args[1:], **kwargs)
+            if func is torch.Tensor.to:
+                device, dtype, *_ = torch._C._nn._parse_to(*args[1:], **kwargs)
+                if device is not None and device.type == "cpu":
+                    return torch.zeros(tensor.shape, dtype=dtype or tensor.dtype)
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def timesteps_on_host(pipe: Any) -> Iterator[None]:
+    """Make the pipeline's scheduler keep its timesteps on the host, whatever device the
+    pipeline asks for."""
+    scheduler = pipe.scheduler
+    set_timesteps = scheduler.set_timesteps
+
+    @functools.wraps(set_timesteps)
+    def on_host(*args: Any, device: Any = None, **kwargs: Any) -> Any:
+        return set_timesteps(*args, **kwargs)
+
+    scheduler.set_timesteps = on_host
+    try:
+        yield
+    finally:
+        del scheduler.set_timesteps

@@ -1,0 +1,43 @@
+"""``--sdmem-snapshot-dir`` on the CPU: a failed budget names the frame of the largest tensor."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def test_the_snapshot_section_names_the_allocating_frame(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_snap="""
+        import pytest, torch
+
+        def make_activations():
+            return torch.ones(64 * 2**20, dtype=torch.uint8)
+
+        @pytest.mark.max_vram("32MB")
+        def test_over():
+            small = torch.ones(2**20, dtype=torch.uint8)
+            big = make_activations()
+
+        @pytest.mark.max_vram("1GB")
+        def test_under():
+            x = torch.ones(2**20, dtype=torch.uint8)
+        """
+    )
+    result = pytester.runpytest("--sdmem-snapshot-dir=snaps", "-rA", "--sdmem-json=r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "memory snapshot: snaps*.json",
+        "*sdmem: memory snapshot*",
+        "*67.11 MB*",
+        "*test_snap.py:4 in make_activations*",
+    ])
+    files = list((pytester.path / "snaps").iterdir())
+    assert len(files) == 1, "only the failed test leaves a snapshot"
+    saved = json.loads(files[0].read_text())
+    assert saved["allocations"][0]["nbytes"] == 64 * 2**20
+    records = {r["nodeid"]: r for r in json.loads((pytester.path / "r.json").read_text())
+               ["results"]}
+    assert records["test_snap.py::test_over"]["snapshot"] is not None
+    assert records["test_snap.py::test_under"]["snapshot"] is None
