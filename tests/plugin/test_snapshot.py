@@ -36,7 +36,8 @@ def test_the_snapshot_section_names_the_allocating_frame(pytester: pytest.Pytest
     files = list((pytester.path / "snaps").iterdir())
     assert len(files) == 1, "only the failed test leaves a snapshot"
     saved = json.loads(files[0].read_text())
-    assert saved["allocations"][0]["nbytes"] == 64 * 2**20
+    assert saved["allocations"][0]["bytes"] == 64 * 2**20
+    assert saved["allocations"][0]["frames"][0]["name"] == "make_activations"
     records = {r["nodeid"]: r for r in json.loads((pytester.path / "r.json").read_text())
                ["results"]}
     assert records["test_snap.py::test_over"]["snapshot"] is not None

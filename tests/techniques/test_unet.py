@@ -1,0 +1,55 @@
+"""The UNet rewritten for speed: channels-last weights, a traced graph, a compiled graph.
+
+A faster UNet that draws another picture is a regression no speed test sees (diffusers issues
+8880 and 12131 were speed; 11981 and 12673 were wrong images), so each is checked against the
+eager fp32 UNet's images with the registry's tolerance for its technique.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_sdmem.options import resolve
+from pytest_sdmem.runner import SdPipe
+
+
+def gpu_run(config: pytest.Config) -> bool:
+    """Whether this session runs on CUDA (``--gpu`` or the ``sdmem_gpu`` ini key)."""
+    return bool(resolve(config, "gpu"))
+
+
+#: Decided at collection, before the fixture compiles: inductor's C++ code generation for the
+#: tiny UNet takes 45-70 s on a 2-core CPU with a cold cache, half of the CPU tier's whole
+#: budget. tests/unit checks dynamo's capture with the eager backend; --gpu compiles for real.
+COMPILE_ON_CPU_IS_TOO_SLOW = pytest.mark.skipif(
+    "not gpu_run(config)",
+    reason="compile on the CPU: inductor takes 45-70 s to compile the tiny UNet on 2 cores with "
+           "a cold cache, over the CPU tier's time budget; runs with --gpu",
+)
+
+
+@pytest.mark.parametrize("sd_pipe", ["channels_last"], indirect=True)
+def test_channels_last_strides_as_the_guide_prints(sd_pipe: SdPipe) -> None:
+    """Guide, channels_last: ``unet.to(memory_format=torch.channels_last)`` works in place;
+    SD 1.5's ``unet.conv_out`` weight stride goes from (2880, 9, 3, 1) to (2880, 1, 960, 320).
+
+    The weight of shape (out, in, h, w) has strides (in*h*w, 1, w*in, in): channel stride 1,
+    as printed for SD 1.5's 4x320x3x3 kernel; and the images stay the contiguous UNet's.
+    """
+    weight = sd_pipe.pipe.unet.conv_out.weight
+    _, channels, height, width = weight.shape
+    assert weight.stride() == (channels * height * width, 1, width * channels, channels)
+    sd_pipe.assert_matches_baseline("none")
+
+
+@pytest.mark.parametrize(
+    "sd_pipe", ["jit_trace", pytest.param("compile", marks=COMPILE_ON_CPU_IS_TOO_SLOW)],
+    indirect=True,
+)
+def test_traced_and_compiled_unet_give_the_eager_images(sd_pipe: SdPipe) -> None:
+    """Guide, traced UNet: ``torch.jit.trace`` of the UNet, the third row of its table (x2.96
+    cumulative); ``torch.compile`` is today's replacement (tracing is deprecated).
+
+    The traced or compiled UNet generates the eager UNet's images.
+    """
+    sd_pipe.assert_matches_baseline("none")
