@@ -15,7 +15,7 @@ from pytest_sdmem.memory import MemoryTracker, get_backend
 from pytest_sdmem.state import SETTINGS, STATE, technique_of
 
 if TYPE_CHECKING:
-    from pytest_sdmem.runner import SdPipe
+    from pytest_sdmem.runner import EstimatedSdPipe, SdPipe
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def cuda_mem_tracker(request: pytest.FixtureRequest) -> Iterator[MemoryTracker]:
 
 
 @pytest.fixture
-def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
+def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe]:
     """A real StableDiffusionPipeline with the test's technique applied, released at teardown.
 
     Select the technique with ``@pytest.mark.parametrize("sd_pipe", [...], indirect=True)`` or
@@ -43,14 +43,25 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe]:
     """
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
     from pytest_sdmem.pipelines import ModelError
-    from pytest_sdmem.runner import GenerationArgs, UnmetRequirementError, make_sd_pipe
+    from pytest_sdmem.runner import (
+        EstimatedSdPipe,
+        GenerationArgs,
+        UnmetRequirementError,
+        make_sd_pipe,
+    )
+    from pytest_sdmem.techniques import parse_technique
 
     settings = request.config.stash[SETTINGS]
     defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
                               width=settings.size)
+    technique = technique_of(request.node)
     try:
-        pipe = make_sd_pipe(settings.model, technique_of(request.node), settings.device,
-                            settings.cache_dir, defaults)
+        if settings.estimate:
+            pipe = EstimatedSdPipe(settings.model, parse_technique(technique), defaults,
+                                   safety_checker=settings.safety_checker)
+        else:
+            pipe = make_sd_pipe(settings.model, technique, settings.device, settings.cache_dir,
+                                defaults, safety_checker=settings.safety_checker)
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
     except ModelError as exc:

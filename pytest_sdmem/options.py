@@ -66,6 +66,9 @@ OPTIONS: tuple[Option, ...] = (
            "max_vram budget fails, dump a memory snapshot into DIR", metavar="DIR"),
     Option("--sdmem-estimate", "estimate the CUDA peak of sd_pipe generations on the meta "
            "device, without a GPU (sd15 by default)", "bool"),
+    Option("--sdmem-no-safety-checker", "load pipelines without their safety checker (sd15 "
+           "and real models include it by default, as diffusers' own thresholds were measured "
+           "with it; tiny never has one)", "bool"),
 )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_sdmem.errors import NeedsRealRun
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
 from pytest_sdmem.gate import Gate
 from pytest_sdmem.markers import (
@@ -87,6 +88,33 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(hooks, "sdmem-session")
 
 
+def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -> str | None:
+    """Why this test cannot run in this session, decided at collection (None: it can)."""
+    if "sd_pipe" in fixturenames:
+        ts = parse_technique(state.technique or "none")
+        if settings.estimate:
+            from pytest_sdmem.estimate import unsupported_reason
+
+            reason = unsupported_reason(ts)
+            if reason is not None:
+                return reason
+        elif missing := unmet_requirements(ts, settings.device):
+            return "; ".join(missing)
+    if state.min_speedup is not None and not settings.estimate:
+        baseline = parse_technique(state.min_speedup.baseline)
+        if missing := unmet_requirements(baseline, settings.device):
+            return f"the min_speedup baseline {baseline.expr!r} cannot run: " + "; ".join(missing)
+    if not settings.estimate:
+        return None
+    if state.min_speedup is not None:
+        return "min_speedup needs real timings: skipped with --sdmem-estimate"
+    if "cuda_mem_tracker" in fixturenames:
+        return "cuda_mem_tracker blocks measure a real device: skipped with --sdmem-estimate"
+    if state.max_vram is not None and "sd_pipe" not in fixturenames:
+        return "--sdmem-estimate estimates sd_pipe generations, and this test has none"
+    return None
+
+
 def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
     """Parse the item's markers and technique once, at collection; errors stay on the item."""
     settings = hooks.settings
@@ -108,13 +136,15 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
             parse_sd_technique(mark.args, mark.kwargs)
         if "sd_pipe" in fixturenames:
             state.technique = technique_of(item)
-            missing = unmet_requirements(parse_technique(state.technique), settings.device)
-            if missing:
-                item.add_marker(pytest.mark.skip(reason="; ".join(missing)))
+        if (reason := _skip_reason(state, fixturenames, settings)) is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
     except (MarkerError, TechniqueError) as exc:
         state.error = str(exc)
-    state.measured = bool(state.max_vram or state.min_speedup
-                          or {"sd_pipe", "cuda_mem_tracker"} & fixturenames)
+    if settings.estimate:
+        state.measured = "sd_pipe" in fixturenames
+    else:
+        state.measured = bool(state.max_vram or state.min_speedup
+                              or {"sd_pipe", "cuda_mem_tracker"} & fixturenames)
     return state
 
 
@@ -145,6 +175,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if state is None or not state.measured:
         return (yield)
     settings = item.config.stash[SETTINGS]
+    if settings.estimate:
+        try:
+            return (yield)
+        except NeedsRealRun as exc:
+            pytest.skip(str(exc))
     tracker = MemoryTracker(get_backend(settings.device))
     tracker.start()
     if settings.snapshot_dir is not None and state.max_vram is not None:
@@ -216,9 +251,12 @@ def _latency(state: TestState) -> dict[str, Any] | None:
 
 def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
     settings = item.config.stash[SETTINGS]
+    estimates = getattr(state.sd_pipe, "estimates", None)
     return TestRecord(
         nodeid=item.nodeid,
-        device=settings.device,
+        estimated=settings.estimate,
+        estimate=estimates[-1].to_dict() if estimates else None,
+        device=report.device if report else settings.device,
         device_name=report.device_name if report else "",
         model=settings.model if state.technique is not None else None,
         technique=state.technique,

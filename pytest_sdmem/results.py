@@ -43,6 +43,7 @@ class TestRecord:
     speedup: dict[str, Any] | None = None
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     estimated: bool = False
+    estimate: dict[str, Any] | None = None
     duration_s: float | None = None
     leak_bytes: int | None = None
     snapshot: dict[str, Any] | None = None
@@ -156,6 +157,10 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); a results file is shared like any other.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=False, default=str)
             fh.write("\n")

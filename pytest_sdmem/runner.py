@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_sdmem.errors import NeedsRealRun
 from pytest_sdmem.pipelines import DEFAULT_PROMPT, load_pipeline
 from pytest_sdmem.stats import SpeedupResult
 from pytest_sdmem.techniques import (
@@ -54,6 +55,9 @@ class GenerationArgs:
     batch_size: int = 1
     seed: int = 0
     guidance_scale: float = 7.5
+    #: A diffusers scheduler class name (e.g. "UniPCMultistepScheduler"), built from the
+    #: pipeline's scheduler config; None keeps the model's own (the guide's 4K claim uses UniPC).
+    scheduler: str | None = None
 
     def with_overrides(self, **overrides: Any) -> GenerationArgs:
         """These args with some replaced; an unknown name is a TypeError listing the known ones,
@@ -116,13 +120,30 @@ class PipelineLoader:
     model: str
     cache_dir: Path
     device: str
+    safety_checker: bool = False
 
     def __call__(self, ts: TechniqueSet, args: GenerationArgs) -> Pipe:
         reasons = unmet_requirements(ts, self.device)
         if reasons:
             raise UnmetRequirementError(ts, self.device, reasons)
-        pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir)
+        pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir,
+                             safety_checker=self.safety_checker)
         return apply_techniques(pipe, ts, args.context(self.device))
+
+
+def use_scheduler(pipe: Pipe, name: str) -> None:
+    """Give ``pipe`` the diffusers scheduler class ``name``, from its current scheduler's config
+    (the same betas and timestep spacing, as diffusers' docs swap schedulers)."""
+    import diffusers
+
+    if type(pipe.scheduler).__name__ == name:
+        return
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
+        raise TypeError(f"unknown scheduler {name!r}: accepted diffusers scheduler classes "
+                        f"{', '.join(known)}")
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
 class SdPipe:
@@ -168,6 +189,8 @@ class SdPipe:
         args = self.defaults.with_overrides(**overrides)
         if self.pipe is None:
             raise RuntimeError(f"{self!r}: the pipeline was released")
+        if args.scheduler is not None:
+            use_scheduler(self.pipe, args.scheduler)
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
         output = self.pipe(
             prompt=args.prompt,
@@ -245,11 +268,92 @@ class SdPipe:
 
 
 def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path | str,
-                 defaults: GenerationArgs | None = None) -> SdPipe:
+                 defaults: GenerationArgs | None = None, *,
+                 safety_checker: bool = False) -> SdPipe:
     """Load ``model`` (``tiny``, ``sd15``, a directory or a hub id) with ``technique_expr``
     applied for ``device``. A technique that cannot run there raises UnmetRequirementError
     (the plugin skips such tests at collection, so this is the backstop)."""
     defaults = defaults or GenerationArgs()
     ts = parse_technique(technique_expr)
-    loader = PipelineLoader(model, Path(cache_dir), device)
+    loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
     return SdPipe(loader(ts, defaults), ts, device, defaults, loader=loader)
+
+
+@dataclass(frozen=True)
+class EstimatedImages:
+    """The images of an estimated generation: a shape and no pixels.
+
+    A test that only generates is estimated; one that looks at the pixels is skipped with the
+    reason, rather than asserting on images that were never computed.
+    """
+
+    shape: tuple[int, int, int, int]
+
+    def __getattr__(self, name: str) -> Any:
+        raise NeedsRealRun(f"the images of an estimated generation have no pixels "
+                           f"(.{name} was asked for): run without --sdmem-estimate")
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NeedsRealRun("the images of an estimated generation have no pixels: "
+                           "run without --sdmem-estimate")
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.__array__()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class EstimatedSdPipe:
+    """``sd_pipe`` under ``--sdmem-estimate``: each call estimates the CUDA peak of the
+    generation on meta tensors (see ``pytest_sdmem.estimate``) instead of running it."""
+
+    pipe = None
+    last_latency = None
+
+    def __init__(self, model: str, technique: TechniqueSet, defaults: GenerationArgs,
+                 *, safety_checker: bool = True) -> None:
+        from pytest_sdmem.estimate import ESTIMATED_DEVICE
+
+        self.model = model
+        self.technique = technique
+        self.defaults = defaults
+        self.device = ESTIMATED_DEVICE
+        self.safety_checker = safety_checker
+        self.last_args: GenerationArgs | None = None
+        self.estimates: list[Any] = []
+
+    def __call__(self, **overrides: Any) -> EstimatedImages:
+        from pytest_sdmem.estimate import estimate_generation
+
+        args = self.defaults.with_overrides(**overrides)
+        self.estimates.append(estimate_generation(self.model, self.technique, args,
+                                                  safety_checker=self.safety_checker))
+        self.last_args = args
+        return EstimatedImages((args.batch_size, args.height, args.width, 3))
+
+    def _unavailable(self, what: str) -> NeedsRealRun:
+        return NeedsRealRun(f"{what} needs a real run: skipped with --sdmem-estimate")
+
+    def latency(self, **kwargs: Any) -> TimingResult:
+        raise self._unavailable("sd_pipe.latency()")
+
+    def assert_matches_baseline(self, baseline: str = "none", **overrides: Any) -> ImageDiff:
+        raise self._unavailable("an output guard (assert_matches_baseline)")
+
+    def speedup_over(self, baseline: str, **kwargs: Any) -> SpeedupResult:
+        raise self._unavailable("min_speedup")
+
+    def fresh(self, technique: str, **overrides: Any) -> EstimatedSdPipe:
+        return EstimatedSdPipe(self.model, parse_technique(technique),
+                               self.defaults.with_overrides(**overrides),
+                               safety_checker=self.safety_checker)
+
+    def release(self) -> None:
+        self.estimates.clear()
+
+    def __enter__(self) -> EstimatedSdPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

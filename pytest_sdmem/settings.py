@@ -42,6 +42,7 @@ class Settings:
     share_gpu: bool = False
     snapshot_dir: Path | None = None
     estimate: bool = False
+    safety_checker: bool = False
 
     @property
     def is_cuda(self) -> bool:
@@ -134,8 +135,12 @@ def build_settings(
 ) -> Settings:
     """Validate raw option values (``dest`` -> value) into ``Settings``."""
     gpu = bool(raw.get("gpu"))
+    estimate = bool(raw.get("sdmem_estimate"))
+    if estimate and gpu:
+        raise SettingsError("--sdmem-estimate estimates the CUDA peak without a GPU; with --gpu "
+                            "the peak is measured: use one or the other")
     device = _device(raw, workers, cuda)
-    model = raw.get("sdmem_model") or ("sd15" if gpu else "tiny")
+    model = raw.get("sdmem_model") or ("sd15" if gpu or estimate else "tiny")
     tiny = model == "tiny"
     steps = raw.get("sdmem_steps")
     size = raw.get("sdmem_size")
@@ -155,7 +160,9 @@ def build_settings(
         device=device,
         model=model,
         cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
-        steps=_positive("--sdmem-steps", steps, int) if steps is not None else (2 if tiny else 25),
+        # An estimate's peak does not depend on the number of steps: 2 is enough.
+        steps=(_positive("--sdmem-steps", steps, int) if steps is not None
+               else 2 if tiny or estimate else 25),
         size=size_px,
         max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
         leak_threshold=leak_threshold,
@@ -167,5 +174,6 @@ def build_settings(
         tolerance=raw.get("sdmem_tolerance") or None,
         share_gpu=bool(raw.get("sdmem_share_gpu")),
         snapshot_dir=_path(raw, "sdmem_snapshot_dir"),
-        estimate=bool(raw.get("sdmem_estimate")),
+        estimate=estimate,
+        safety_checker=not raw.get("sdmem_no_safety_checker") and not tiny,
     )

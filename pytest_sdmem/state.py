@@ -37,8 +37,12 @@ class TestState:
     recorder: Any = None
 
     def budget_report(self) -> MemoryReport | None:
-        """The figures a budget applies to: the highest tracker block if the test used any
-        (it chose what to measure), else its whole call."""
+        """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate;
+        else the highest tracker block if the test used any (it chose what to measure), else
+        its whole call."""
+        estimates = getattr(self.sd_pipe, "estimates", None)
+        if estimates:  # --sdmem-estimate: the estimated CUDA peak of each generation
+            return MemoryReport.merge_max(e.to_memory_report() for e in estimates)
         blocks = [report for tracker in self.trackers for report in tracker.reports]
         if blocks:
             return MemoryReport.merge_max(blocks)

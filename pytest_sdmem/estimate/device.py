@@ -120,9 +120,10 @@ class SimulatedDevice:
         self.allocator.empty_cache()
 
     def set_phase(self, name: str) -> None:
-        """From now on, allocations belong to phase ``name``."""
+        """From now on, allocations belong to phase ``name``. A phase's peak is the highest
+        figure an allocation of the phase reached: what the previous model left on the device
+        and the next one releases before allocating is the previous phase's."""
         self.phase = name
-        self._note_peak()
 
     def reset_peak(self) -> None:
         """Start the peak windows here, as ``torch.cuda.reset_peak_memory_stats()`` would."""

@@ -115,6 +115,7 @@ class ModelEntries:
             if hasattr(model, "_hf_hook"):
                 raise RuntimeError(f"{name} already has accelerate hooks: the estimator runs a "
                                    "pipeline without offload hooks and models them itself")
+        for name, model in self._models.models.items():
             entered = self._notifier(name)
             self._handles.append(model.register_forward_pre_hook(lambda m, a, e=entered: e()))
             model._hf_hook = _EntryHook(entered)

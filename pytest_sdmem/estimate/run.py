@@ -6,8 +6,8 @@ same functions the GPU run uses, and ``StableDiffusionPipeline.__call__`` runs u
 the text encoder, the denoising loop with classifier-free guidance, the VAE decode, the safety
 checker and the image postprocessing. A ``SimulatedDevice`` turns the meta storages the code
 creates and frees into blocks of the CUDA caching allocator model; a placement policy decides
-where the weights are (see ``placement``); ``CudaAttention`` makes SDPA allocate what the CUDA
-kernel would.
+where the weights are (see ``placement``); ``CudaAttention`` and ``CudaConvolution`` make SDPA
+and 2-d convolutions allocate what the CUDA kernels would.
 
 What had to be bypassed, all at the boundary between device and host, none of it inside the
 models:
@@ -18,7 +18,8 @@ models:
   reads its thresholds with ``.item()``. They allocate nothing on a GPU either.
 * The scheduler keeps its timesteps on the host: schedulers index their tables and compare
   with the timestep (``alphas_cumprod[t]``, ``prev_t >= 0``), which needs values. On a GPU
-  the timesteps tensor is one 512-byte block.
+  the timesteps tensor is one 512-byte block; here each UNet call copies its timestep to the
+  device instead, also one 512-byte block.
 * No generator (meta tensors have no random numbers); the latents' shape and dtype are the
   same.
 * The offload techniques are not run (they move weights between the CPU and a CUDA device);
@@ -29,6 +30,7 @@ models:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from pytest_sdmem.estimate.attention import CudaAttention
+from pytest_sdmem.estimate.convolution import CudaConvolution
 from pytest_sdmem.estimate.device import SimulatedDevice
 from pytest_sdmem.estimate.placement import (
     GroupOffload,
@@ -66,6 +69,13 @@ from pytest_sdmem.techniques import (
 #: step repeats the previous one, so more steps cannot change the estimate, only its cost.
 DEFAULT_MAX_STEPS = 5
 
+#: Techniques whose effect the estimator reproduces: configuration applied for real on meta
+#: tensors, or placement modelled (the offload modes).
+MODELLED: frozenset[str] = frozenset({
+    "none", "fp16", "bf16", "sdpa", "attention_slicing", "channels_last", "vae_slicing",
+    "vae_tiling", "layerwise_casting", "model_offload", "sequential_offload", "group_offload",
+})
+
 #: Techniques the estimator cannot follow, and why. They change what runs, not only where.
 REFUSED: dict[str, str] = {
     "jit_trace": "a traced UNet runs TorchScript's graph executor, not the Python code the "
@@ -84,14 +94,28 @@ class UnsupportedTechniqueError(TechniqueError):
 
 
 def unsupported_reason(technique_set: TechniqueSet | str) -> str | None:
-    """Why ``technique_set`` cannot be estimated on meta tensors, or None when it can."""
+    """Why ``technique_set`` cannot be estimated on meta tensors, or None when it can.
+
+    Only techniques the estimator knows to model are accepted: one added to the registry later
+    is refused until the estimator models it, rather than estimated as if it were absent.
+    """
     ts = parse_technique(technique_set) if isinstance(technique_set, str) else technique_set
-    reasons = [f"{name}: {REFUSED[name]}" for name in REFUSED if name in ts]
+    reasons = []
+    for technique in ts.techniques:
+        if technique.key in REFUSED:
+            reasons.append(f"{technique.key}: {REFUSED[technique.key]}")
+        elif technique.key not in MODELLED:
+            reasons.append(f"{technique.key}: the estimator has no model of this technique")
     offloads = [name for name in _OFFLOADS if name in ts]
     if "layerwise_casting" in ts and offloads:
         reasons.append(
             f"layerwise_casting with {offloads[0]}: the casting hooks replace the weights' "
             "storages while the offload model tracks them, so their combination is not modelled"
+        )
+    if "model_offload" in ts and importlib.util.find_spec("accelerate") is None:
+        reasons.append(
+            "model_offload: accelerate is not installed, and without it diffusers' "
+            "apply_forward_hook (how AutoencoderKL.decode enters the offload chain) is inactive"
         )
     if not reasons:
         return None
@@ -121,6 +145,8 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     ``unsupported_reason`` refuses, TechniqueError for an unknown one and ModelError for a
     model that is not synthetic.
     """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     ts = parse_technique(technique) if isinstance(technique, str) else technique
     reason = unsupported_reason(ts)
     if reason is not None:
@@ -134,12 +160,13 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     models = Models.of(pipe)
     placement = placement_for(ts)
     with SimulatedDevice() as device:
-        placement.attach(models, device)
         try:
+            placement.attach(models, device)
             start = device.allocated
             device.reset_peak()
             with ModelEntries(models, [device.set_phase, placement.enter_model]), \
-                    CudaAttention() as attention, HostBoundary(), timesteps_on_host(pipe):
+                    CudaAttention() as attention, CudaConvolution(), HostBoundary(), \
+                    timesteps_on_host(pipe):
                 pipe(prompt=args.prompt, num_inference_steps=steps, height=args.height,
                      width=args.width, num_images_per_prompt=args.batch_size,
                      guidance_scale=args.guidance_scale, output_type="np")

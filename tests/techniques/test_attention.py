@@ -9,6 +9,7 @@ from probes import unet_step
 from pytest_sdmem.memory import MemoryTracker
 from pytest_sdmem.runner import SdPipe
 from pytest_sdmem.techniques import parse_technique, unmet_requirements
+from pytest_sdmem.units import format_size
 
 #: The guide's "original": fp32 and the classic processor that materialises the whole
 #: attention matrix (batch x heads x tokens x tokens) in every attention layer.
@@ -18,7 +19,7 @@ CLASSIC = "none"
 @pytest.mark.parametrize(
     ("sd_pipe", "max_fraction"),
     [
-        # "auto" slices half the heads at a time: half the attention matrix.
+        # "auto": slices of half the heads, at most half the attention matrix at once.
         pytest.param("attention_slicing", 3 / 4, id="attention_slicing"),
         # One head at a time (diffusers' "max").
         pytest.param("attention_slicing(1)", 1 / 2, id="attention_slicing(1)"),
@@ -44,8 +45,8 @@ def test_memory_efficient_attention_lowers_the_unet_peak(
         classic_peak = unet_step(classic, baseline_mem_tracker).peak_delta
 
     assert peak <= max_fraction * classic_peak, (
-        f"{sd_pipe.technique}: a UNet step peaked at {peak} B, more than {max_fraction:.2f} of "
-        f"the classic processor's {classic_peak} B")
+        f"{sd_pipe.technique}: a UNet step peaked at {format_size(peak)}, more than "
+        f"{max_fraction:.2f} of the classic processor's {format_size(classic_peak)}")
     sd_pipe.assert_matches_baseline(CLASSIC)
 
 

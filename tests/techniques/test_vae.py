@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffusers import UniPCMultistepScheduler
 from probes import decode, image_bytes, latents, without
 
 from pytest_sdmem.memory import MemoryTracker
 from pytest_sdmem.runner import SdPipe, compare_images
 from pytest_sdmem.techniques import SAME_MATH
+from pytest_sdmem.units import format_size
 
 
 @pytest.mark.parametrize(
@@ -51,22 +51,21 @@ def test_vae_slicing_decodes_a_batch_one_image_at_a_time(
         unsliced_peak = baseline_mem_tracker.peak_delta
 
     assert sliced_peak <= max_fraction * unsliced_peak, (
-        f"sliced decode of {batch} images peaked at {sliced_peak} B, more than "
-        f"{max_fraction:.3f} of the unsliced {unsliced_peak} B")
+        f"sliced decode of {batch} images peaked at {format_size(sliced_peak)}, more than "
+        f"{max_fraction:.3f} of the unsliced {format_size(unsliced_peak)}")
     growth = sliced_peak - single_peak
     assert growth <= 2 * image_bytes(sliced, sd_pipe.pipe.vae.dtype), (
-        f"sliced decode grew by {growth} B from 1 to {batch} images")
+        f"sliced decode grew by {format_size(growth)} from 1 to {batch} images")
     diff = compare_images(sliced, unsliced, sd_pipe.technique.output_tolerance)
     assert diff.ok, f"sliced images differ from unsliced: {diff}"
 
 
 @pytest.mark.gpu
-@pytest.mark.max_vram(budget="vae_slicing_batch32", metric="reserved")
+@pytest.mark.max_vram(budget="vae_slicing_batch32")
 @pytest.mark.parametrize("sd_pipe", ["fp16+sdpa+vae_slicing"], indirect=True)
 def test_vae_slicing_fits_a_batch_of_32(sd_pipe: SdPipe) -> None:
     """Guide, sliced VAE: with fp16, memory-efficient attention and the sliced VAE, a batch of
-    32 images of 512x512 fits on the card of its table (budget ``vae_slicing_batch32``,
-    checked on reserved memory: what must fit on the card)."""
+    32 images of 512x512 fits on the card of its table (budget ``vae_slicing_batch32``)."""
     images = sd_pipe(batch_size=32)
     assert images.shape[0] == 32 and np.isfinite(images).all()
 
@@ -96,7 +95,8 @@ def test_vae_tiling_bounds_the_decode_peak(
         decode(untiled_pipe, latents(untiled_pipe, batch=1, size=large), baseline_mem_tracker)
         untiled[large] = baseline_mem_tracker.peak_delta
 
-    peaks = f"decode peaks in bytes by image side: tiled {tiled}, untiled {untiled}"
+    peaks = ", ".join(f"{name} {size}px {format_size(peak)}" for name, figures in
+                      (("tiled", tiled), ("untiled", untiled)) for size, peak in figures.items())
     assert tiled[small] <= untiled[small] / 3, peaks
     assert untiled[large] >= 2 * untiled[small], peaks
     assert tiled[large] <= 1.25 * tiled[small], peaks
@@ -121,20 +121,21 @@ def test_vae_tiling_is_off_up_to_the_threshold(
                          baseline_mem_tracker)
         untiled_peak = baseline_mem_tracker.peak_delta
 
-    assert tiled_peak == pytest.approx(untiled_peak, rel=0.01)
+    assert tiled_peak == pytest.approx(untiled_peak, rel=0.01), (
+        f"at {size}x{size} the tiled decode peaked at {format_size(tiled_peak)}, the untiled "
+        f"at {format_size(untiled_peak)}")
     diff = compare_images(tiled, untiled, SAME_MATH)
     assert diff.ok, f"at {size}x{size} the tiled VAE changed the images: {diff}"
 
 
 @pytest.mark.gpu
-@pytest.mark.max_vram(budget="vae_tiling_4k", metric="reserved")
+@pytest.mark.max_vram(budget="vae_tiling_4k")
 @pytest.mark.parametrize("sd_pipe", ["fp16+sdpa+vae_tiling"], indirect=True)
 def test_vae_tiling_fits_a_4k_image_in_8gb(sd_pipe: SdPipe) -> None:
     """Guide, tiled VAE: a 3840x2224 image, 20 steps of the UniPC scheduler, fp16 with
     memory-efficient attention (the guide's xFormers; SDPA here, equally memory-efficient and
-    with no extra package) fits in 8 GB of VRAM (budget ``vae_tiling_4k``, on reserved memory).
+    with no extra package) fits in 8 GB of VRAM (budget ``vae_tiling_4k``).
     """
-    pipe = sd_pipe.pipe
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    images = sd_pipe(height=2224, width=3840, num_inference_steps=20)
+    images = sd_pipe(height=2224, width=3840, num_inference_steps=20,
+                     scheduler="UniPCMultistepScheduler")
     assert images.shape == (1, 2224, 3840, 3) and np.isfinite(images).all()

@@ -103,7 +103,7 @@ def test_peaks_reset_to_the_current_figures() -> None:
 
 def test_linear_layer_to_the_byte() -> None:
     layer = torch.nn.Linear(1000, 3000, device="meta")  # float32
-    with SimulatedDevice() as device:
+    with SimulatedDevice() as device, torch.no_grad():
         device.place(layer.parameters())
         # weight 12,000,000 B: unsplit 12 MiB block; bias 12,000 B -> 12,288
         assert device.allocated == 12 * MIB + 12_288
@@ -120,7 +120,7 @@ def test_conv_stack_to_the_byte() -> None:
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3, padding=1),
     ).to(device="meta", dtype=torch.float16)
-    with SimulatedDevice() as device:
+    with SimulatedDevice() as device, torch.no_grad():  # inference: autograd keeps nothing
         device.place(net.parameters())
         # weights 16*3*9*2 = 864 -> 1024, bias 32 -> 512, 8*16*9*2 = 2304 -> 2560, bias 16 -> 512
         weights = 1024 + 512 + 2560 + 512

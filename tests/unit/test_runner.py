@@ -174,3 +174,11 @@ def test_release_frees_the_pipeline(tiny_dir: Path) -> None:
     sd.release()  # idempotent
     with pytest.raises(RuntimeError, match="the pipeline was released"):
         sd()
+
+
+def test_a_scheduler_can_be_chosen_per_generation(tiny_dir: Path) -> None:
+    sd = _make(tiny_dir)
+    sd(scheduler="UniPCMultistepScheduler")
+    assert type(sd.pipe.scheduler).__name__ == "UniPCMultistepScheduler"
+    with pytest.raises(TypeError, match="unknown scheduler 'Nope'.*DDIMScheduler"):
+        sd(scheduler="Nope")

@@ -70,3 +70,14 @@ def test_each_xdist_worker_gets_its_own_gpu() -> None:
     assert shared.device == "cuda:0" and shared.share_gpu
     # On the CPU, workers share the host: nothing to place.
     assert build_settings({}, CACHE, no_cuda, Workers(2, 1)).device == "cpu"
+
+
+def test_estimate_mode_defaults_and_conflicts() -> None:
+    s = build_settings({"sdmem_estimate": True}, CACHE, no_cuda)
+    assert (s.estimate, s.model, s.device, s.steps, s.size) == (True, "sd15", "cpu", 2, 512)
+    assert s.safety_checker, "sd15 has its safety checker, as diffusers' thresholds were measured"
+    assert not build_settings({}, CACHE, no_cuda).safety_checker, "tiny has none"
+    assert not build_settings({"sdmem_estimate": True, "sdmem_no_safety_checker": True}, CACHE,
+                              no_cuda).safety_checker
+    with pytest.raises(SettingsError, match="--sdmem-estimate estimates the CUDA peak without"):
+        build_settings({"sdmem_estimate": True, "gpu": True}, CACHE, two_gpus)

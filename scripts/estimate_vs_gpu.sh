@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The CPU estimate of each technique next to the real GPU figure, on a machine with an NVIDIA
+# GPU (sm80+: A100, H100, the estimator's attention-kernel assumption):
+#
+#   scripts/estimate_vs_gpu.sh [OUTDIR]        (default OUTDIR: docs/results)
+#
+# For every row below it runs, in a fresh Python process (so that each GPU figure starts from an
+# empty caching allocator, as one test does):
+#   * estimate_generation("sd15", technique, args) on meta tensors, and
+#   * the same generation for real: load_pipeline("sd15", safety checker included, the set's
+#     dtype), apply_techniques(..., device "cuda"), reset_peak_memory_stats(), one call with the
+#     runner's arguments, torch.cuda.max_memory_allocated().
+# Writes OUTDIR/estimate_vs_gpu.md (the table, error = estimate / measured - 1, and whether it
+# is within 10%) and OUTDIR/estimate_vs_gpu.jsonl (one JSON object per row, every figure).
+# Exits non-zero when a row failed to run or an estimate is off by more than 10%.
+#
+# Environment: PYTHON (default python3), SDMEM_CACHE_DIR (synthetic weights, default the
+# plugin's .pytest_cache/sdmem/models; sd15 is built there once, which takes minutes),
+# SDMEM_STEPS (default 2). Wheels the machine lacks are taken from .whl/ as in
+# gpu_acceptance.sh.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+outdir=${1:-docs/results}
+mkdir -p "$outdir"
+python=${PYTHON:-python3}
+steps=${SDMEM_STEPS:-2}
+cache=${SDMEM_CACHE_DIR:-$PWD/.pytest_cache/sdmem/models}
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+pythonpath=$PWD
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if [ "${#wheels[@]}" -gt 0 ]; then
+  site=$(mktemp -d)
+  trap 'rm -rf "$site"' EXIT
+  "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
+  pythonpath=$pythonpath:$site
+fi
+export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
+
+# technique, image side (px), batch size: the suite's techniques one by one, then diffusers'
+# threshold scenarios (tests/unit/test_estimate_sd15.py).
+rows=(
+  "none 512 1" "fp16 512 1" "bf16 512 1" "sdpa 512 1" "fp16+sdpa 512 1"
+  "fp16+attention_slicing 512 1" "fp16+attention_slicing(1) 512 1"
+  "fp16+channels_last 512 1" "fp16+vae_slicing 512 4" "fp16+vae_tiling 1024 1"
+  "fp16+layerwise_casting 512 1" "fp16+model_offload 512 1" "fp16+sequential_offload 512 1"
+  "fp16+group_offload 512 1"
+  "fp16+attention_slicing+vae_slicing 512 4" "fp16+attention_slicing 512 4"
+  "fp16+attention_slicing(1)+sequential_offload 512 1"
+  "fp16+attention_slicing+model_offload 512 1"
+  "fp16+sdpa+vae_tiling+model_offload 1024 1"
+)
+
+jsonl=$outdir/estimate_vs_gpu.jsonl
+: > "$jsonl"
+failed=0
+for row in "${rows[@]}"; do
+  read -r technique size batch <<< "$row"
+  echo "== $technique, ${size}x${size}, batch $batch" >&2
+  if ! "$python" - "$technique" "$size" "$batch" "$steps" "$cache" >> "$jsonl" <<'EOF'
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pytest_sdmem.estimate import estimate_generation, unsupported_reason
+from pytest_sdmem.pipelines import load_pipeline
+from pytest_sdmem.runner import GenerationArgs
+from pytest_sdmem.techniques import apply_techniques, parse_technique, unmet_requirements
+
+technique, size, batch, steps, cache = sys.argv[1], *map(int, sys.argv[2:5]), Path(sys.argv[5])
+ts = parse_technique(technique)
+args = GenerationArgs(num_inference_steps=steps, height=size, width=size, batch_size=batch)
+row = {"technique": ts.expr, "size": size, "batch": batch, "steps": steps,
+       "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "notes": []}
+
+reason = unsupported_reason(ts)
+if reason is None:
+    estimate = estimate_generation("sd15", ts, args, safety_checker=True)
+    row |= {"estimate": estimate.estimated_allocated, "estimate_start": estimate.start_allocated,
+            "estimate_reserved": estimate.estimated_reserved, "peak_phase": estimate.peak_phase,
+            "estimate_seconds": round(estimate.seconds, 2)}
+else:
+    row["notes"].append(reason)
+
+unmet = unmet_requirements(ts, "cuda")
+if unmet:
+    row["notes"] += unmet
+else:
+    pipe = load_pipeline("sd15", dtype=ts.dtype, cache_dir=cache, safety_checker=True)
+    apply_techniques(pipe, ts, args.context("cuda"))
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    # The runner's call (runner.SdPipe.__call__).
+    pipe(prompt=args.prompt, num_inference_steps=args.num_inference_steps, height=size,
+         width=size, num_images_per_prompt=batch, guidance_scale=args.guidance_scale,
+         generator=torch.Generator(device="cuda").manual_seed(args.seed), output_type="np")
+    torch.cuda.synchronize()
+    row |= {"measured": torch.cuda.max_memory_allocated(), "measured_start": start,
+            "measured_reserved": torch.cuda.max_memory_reserved()}
+print(json.dumps(row))
+EOF
+  then
+    echo "   failed: $technique" >&2
+    failed=1
+  fi
+done
+
+status=0
+"$python" - "$jsonl" "$outdir/estimate_vs_gpu.md" <<'EOF' || status=$?
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+gb = lambda n: f"{n / 1e9:.3f} GB" if n is not None else "-"
+lines = [
+    f"# CPU estimate vs. GPU: torch.cuda.max_memory_allocated, SD 1.5 synthetic (sd15), "
+    f"safety checker included, {rows[0]['steps'] if rows else '?'} steps",
+    "",
+    f"GPU: {rows[0]['gpu'] if rows else '?'}, torch {rows[0]['torch'] if rows else '?'}. "
+    "Error = estimate / measured - 1. Written by scripts/estimate_vs_gpu.sh.",
+    "",
+    "| technique | image | batch | measured | estimate | error | within 10% | weights at start "
+    "(measured / estimate) | peak phase | notes |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+worst = 0.0
+for r in rows:
+    measured, estimate = r.get("measured"), r.get("estimate")
+    error = estimate / measured - 1 if measured and estimate is not None else None
+    if error is not None:
+        worst = max(worst, abs(error))
+    lines.append(
+        f"| {r['technique']} | {r['size']}x{r['size']} | {r['batch']} | {gb(measured)} "
+        f"| {gb(estimate)} | {'-' if error is None else f'{error:+.1%}'} "
+        f"| {'-' if error is None else ('yes' if abs(error) <= 0.10 else 'NO')} "
+        f"| {gb(r.get('measured_start'))} / {gb(r.get('estimate_start'))} "
+        f"| {r.get('peak_phase', '-')} | {'; '.join(r['notes'])} |"
+    )
+lines += ["", f"Largest error: {worst:.1%} over {len(rows)} rows."]
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+sys.exit(1 if worst > 0.10 else 0)
+EOF
+echo "table: $outdir/estimate_vs_gpu.md, rows: $jsonl" >&2
+exit $(( failed || status ))

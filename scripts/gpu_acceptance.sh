@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The technique suite's GPU tier on a machine with an NVIDIA GPU and no network, in one command:
+#
+#   scripts/gpu_acceptance.sh OUTDIR [extra pytest arguments, e.g. -k guide_table]
+#
+# Wheels the machine lacks (diffusers, xformers, ...) are taken from .whl/ when present (fill it
+# on a machine with network access: pip download --no-deps --only-binary=:all: for the GPU
+# machine's Python and platform): they are installed into a temporary directory put on
+# PYTHONPATH, so the machine's own packages stay untouched.
+# Writes into OUTDIR:
+#   results.json  the session's figures (--sdmem-json)
+#   table.md      the table of that file (sdmem report --format md)
+#   junit.xml     JUnit XML, with every figure as a property
+#   pytest.log    the whole pytest output, durations included
+# Exits with pytest's status, after writing the table even when tests failed.
+set -euo pipefail
+
+if [ "$#" -lt 1 ]; then
+  echo "usage: $0 OUTDIR [pytest arguments]" >&2
+  exit 2
+fi
+mkdir -p "$1"
+outdir=$(cd "$1" && pwd)
+shift
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+# The project from this checkout, whether or not it is installed.
+pythonpath=$PWD
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if [ "${#wheels[@]}" -gt 0 ]; then
+  site=$(mktemp -d)
+  trap 'rm -rf "$site"' EXIT
+  echo "installing ${#wheels[@]} wheel(s) from .whl/ into $site"
+  "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
+  pythonpath=$pythonpath:$site
+fi
+export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
+
+# pytest loads the plugin through its entry point when the project is installed; from a plain
+# checkout it must be named.
+plugin=()
+if ! "$python" - <<'EOF'
+import importlib.metadata as md
+import sys
+sys.exit(not any(ep.value == "pytest_sdmem.plugin" for ep in md.entry_points(group="pytest11")))
+EOF
+then
+  plugin=(-p pytest_sdmem.plugin)
+fi
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi -L
+fi
+
+status=0
+"$python" -m pytest "${plugin[@]}" --gpu tests/techniques \
+  --sdmem-json "$outdir/results.json" --junitxml "$outdir/junit.xml" \
+  -rA --durations=0 "$@" 2>&1 | tee "$outdir/pytest.log" || status=$?
+# With pipefail the status above is pytest's, unless tee itself failed.
+
+if [ -f "$outdir/results.json" ]; then
+  "$python" -m pytest_sdmem.cli report "$outdir/results.json" --format md \
+    -o "$outdir/table.md"
+  echo "results: $outdir/results.json, table: $outdir/table.md"
+else
+  echo "no results were written (pytest exit status $status): see $outdir/pytest.log" >&2
+fi
+exit "$status"
