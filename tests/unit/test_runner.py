@@ -180,5 +180,5 @@ def test_a_scheduler_can_be_chosen_per_generation(tiny_dir: Path) -> None:
     sd = _make(tiny_dir)
     sd(scheduler="UniPCMultistepScheduler")
     assert type(sd.pipe.scheduler).__name__ == "UniPCMultistepScheduler"
-    with pytest.raises(TypeError, match="unknown scheduler 'Nope'.*DDIMScheduler"):
+    with pytest.raises(TypeError, match=r"unknown scheduler 'Nope'.*DDIMScheduler"):
         sd(scheduler="Nope")
