@@ -88,8 +88,10 @@ class CudaAttention(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
         kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and args and args[0].device.type == "meta":
-            return _sdpa(self.kernels, func, *args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            query = args[0] if args else kwargs.get("query")
+            if query is not None and query.device.type == "meta":
+                return _sdpa(self.kernels, func, *args, **kwargs)
         return func(*args, **kwargs)
 
 

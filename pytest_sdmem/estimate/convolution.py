@@ -36,8 +36,10 @@ class CudaConvolution(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
         kwargs = kwargs or {}
-        if func is F.conv2d and args and args[0].device.type == "meta":
-            return _conv2d(func, *args, **kwargs)
+        if func is F.conv2d:
+            input = args[0] if args else kwargs.get("input")
+            if input is not None and input.device.type == "meta":
+                return _conv2d(func, *args, **kwargs)
         return func(*args, **kwargs)
 
 

@@ -53,7 +53,7 @@ from pytest_sdmem.estimate.placement import (
 )
 from pytest_sdmem.estimate.report import EstimateReport
 from pytest_sdmem.pipelines import build_pipeline
-from pytest_sdmem.runner import GenerationArgs
+from pytest_sdmem.runner import GenerationArgs, use_scheduler
 from pytest_sdmem.techniques import (
     Stage,
     TechniqueError,
@@ -65,8 +65,9 @@ from pytest_sdmem.techniques import (
 #: Steps actually run. Every step runs the same code; what differs between steps is the
 #: scheduler's history and, with group offloading, the prefetching that starts at the second
 #: UNet call. PNDM (SD 1.5's scheduler) runs one UNet call more than it has steps and keeps up
-#: to four previous model outputs, which it holds from the fifth step on; from then on each
-#: step repeats the previous one, so more steps cannot change the estimate, only its cost.
+#: to four previous model outputs, which it holds from the fifth step on; the multistep
+#: schedulers (DPM-Solver, UniPC, DEIS) keep at most three. From then on each step repeats the
+#: previous one, so more steps cannot change the estimate, only its cost.
 DEFAULT_MAX_STEPS = 5
 
 #: Techniques whose effect the estimator reproduces: configuration applied for real on meta
@@ -157,6 +158,8 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     pipe = build_pipeline(model, device="meta", safety_checker=safety_checker)
     on_meta = TechniqueSet(tuple(t for t in ts.techniques if t.stage is not Stage.PLACE))
     apply_techniques(pipe, on_meta, args.context("meta"))
+    if args.scheduler is not None:
+        use_scheduler(pipe, args.scheduler)
     models = Models.of(pipe)
     placement = placement_for(ts)
     with SimulatedDevice() as device:

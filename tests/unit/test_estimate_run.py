@@ -136,6 +136,20 @@ def test_steps_are_capped_and_the_cap_is_reported() -> None:
     assert f"{DEFAULT_MAX_STEPS} of 50 steps" in str(report)
 
 
+@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "LMSDiscreteScheduler"])
+def test_the_generation_s_scheduler_is_used_and_its_history_fits_in_the_cap(
+        scheduler: str) -> None:
+    args = TINY_ARGS.with_overrides(scheduler=scheduler, num_inference_steps=DEFAULT_MAX_STEPS)
+    capped = estimate_generation("tiny", "fp16", args)
+    longer = estimate_generation("tiny", "fp16", args.with_overrides(num_inference_steps=8),
+                                 max_steps=8)
+    assert capped.args.scheduler == scheduler
+    assert capped.estimated_allocated == longer.estimated_allocated
+    # These schedulers keep previous model outputs on the device: more than DDIM (tiny's own).
+    ddim = estimate_generation("tiny", "fp16", args.with_overrides(scheduler=None))
+    assert capped.end_allocated > ddim.end_allocated
+
+
 def test_the_safety_checker_can_be_left_out(tiny: dict[str, EstimateReport]) -> None:
     without = estimate_generation("tiny", "fp16", TINY_ARGS, safety_checker=False)
     assert "safety_checker" not in without.phase_peaks
