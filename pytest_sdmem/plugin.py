@@ -151,7 +151,9 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     hooks = config.stash[SESSION]
     for item in items:
-        if item.get_closest_marker("gpu") is not None and not hooks.settings.gpu:
+        # An estimate is of a CUDA run: the GPU tier is what --sdmem-estimate is for.
+        on_cuda = hooks.settings.gpu or hooks.settings.estimate
+        if item.get_closest_marker("gpu") is not None and not on_cuda:
             item.add_marker(pytest.mark.skip(reason="needs --gpu"))
         item.stash[STATE] = _validate(item, hooks)
 

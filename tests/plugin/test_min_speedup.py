@@ -27,7 +27,7 @@ def test_none_against_none(pytester: pytest.Pytester, model_cache: Path) -> None
             sd_pipe()
         """
     )
-    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=20",
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=10",
                                 "-rA", "-vv", "--sdmem-json=r.json", "--junitxml=j.xml")
     result.assert_outcomes(passed=1, failed=1)
     # Below, or (when a loaded machine leaves the interval wide) inconclusive: both fail.
