@@ -283,6 +283,13 @@ def pytest_runtest_makereport(
         return rep
     if call.when != "call":
         return rep
+    if rep.skipped and isinstance(rep.longrepr, tuple):
+        _judge_estimate_of_skipped(state, rep)
+        if (report := state.budget_report()) is not None:
+            record = _record(item, state, report)
+            record.outcome = rep.outcome
+            rep.sdmem = record.to_dict()
+        return rep
     verdicts: list[Verdict] = []
     if (vram := _vram_verdict(state, call.excinfo)) is not None:
         verdicts.append(vram)
@@ -315,6 +322,23 @@ def pytest_runtest_makereport(
     record.verdicts = [v.to_dict() for v in verdicts]
     rep.sdmem = record.to_dict()  # plain data: crosses pytest-xdist's wire to the controller
     return rep
+
+
+def _judge_estimate_of_skipped(state: TestState, rep: pytest.TestReport) -> None:
+    """A test that went on past its generation to look at pixels is skipped under
+    ``--sdmem-estimate``, but its budget was estimated: an estimate over budget still fails it
+    (a skip must not hide a regression), and one within says so in the skip reason."""
+    vram = _vram_verdict(state, None)
+    if vram is None or not getattr(state.sd_pipe, "estimates", None):
+        return
+    if not vram.passed:
+        rep.outcome = "failed"
+        rep.longrepr = vram.as_longrepr()
+        rep.sdmem_status = (vram.status_word, vram.status_letter)
+        rep.sections.append(vram.as_section())
+        return
+    path, lineno, reason = rep.longrepr
+    rep.longrepr = (path, lineno, f"{reason} (its {vram.as_longrepr()})")
 
 
 def _stop_snapshot(item: pytest.Item, state: TestState, budget_failed: bool) -> Any:

@@ -308,8 +308,11 @@ class EstimatedSdPipe:
     """``sd_pipe`` under ``--sdmem-estimate``: each call estimates the CUDA peak of the
     generation on meta tensors (see ``pytest_sdmem.estimate``) instead of running it."""
 
-    pipe = None
     last_latency = None
+
+    @property
+    def pipe(self) -> Any:
+        raise self._unavailable("the diffusers pipeline (sd_pipe.pipe)")
 
     def __init__(self, model: str, technique: TechniqueSet, defaults: GenerationArgs,
                  *, safety_checker: bool = True) -> None:

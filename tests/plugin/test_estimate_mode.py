@@ -58,3 +58,33 @@ def test_budgets_against_the_estimate(pytester: pytest.Pytester, model_cache: Pa
     assert fits["estimated"] is True and fits["technique"] == "fp16"
     assert fits["estimate"]["estimated_allocated_bytes"] == fits["memory"]["peak_allocated_bytes"]
     assert fits["estimate"]["generation"]["batch_size"] == 2
+
+
+def test_a_skip_for_pixels_never_hides_an_estimate_over_budget(
+    pytester: pytest.Pytester, model_cache: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        import numpy as np
+        import pytest
+
+        @pytest.mark.max_vram("1KB")
+        def test_over_then_pixels(sd_pipe):
+            assert np.isfinite(sd_pipe()).all()
+
+        @pytest.mark.max_vram("1GB")
+        def test_within_then_pixels(sd_pipe):
+            assert np.isfinite(sd_pipe()).all()
+
+        def test_pipeline_object(sd_pipe):
+            sd_pipe.pipe.unet
+        """
+    )
+    result = pytester.runpytest("--sdmem-estimate", "--sdmem-model=tiny", "-rA", "-vv",
+                                f"--sdmem-cache-dir={model_cache}")
+    result.assert_outcomes(failed=1, skipped=2)
+    result.stdout.fnmatch_lines_random([
+        "VRAM *test_over_then_pixels - peak VRAM * exceeded max_vram 1.00 KB*",
+        "SKIPPED *no pixels*(its peak VRAM * within max_vram 1.00 GB)",
+        "SKIPPED *sd_pipe.pipe*needs a real run*",
+    ])
