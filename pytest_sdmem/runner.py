@@ -139,6 +139,10 @@ def use_scheduler(pipe: Pipe, name: str) -> None:
     if type(pipe.scheduler).__name__ == name:
         return
     cls = getattr(diffusers, name, None)
+    if isinstance(cls, type) and not issubclass(cls, diffusers.SchedulerMixin):
+        # diffusers exports a placeholder when a scheduler's extra package is missing.
+        raise TypeError(f"scheduler {name!r} is not available: diffusers needs an extra package "
+                        "for it (LMSDiscreteScheduler needs scipy, for example)")
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler"))
         raise TypeError(f"unknown scheduler {name!r}: accepted diffusers scheduler classes "

@@ -3,6 +3,7 @@ technique it models, on the tiny pipeline (seconds)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 
@@ -136,7 +137,11 @@ def test_steps_are_capped_and_the_cap_is_reported() -> None:
     assert f"{DEFAULT_MAX_STEPS} of 50 steps" in str(report)
 
 
-@pytest.mark.parametrize("scheduler", ["UniPCMultistepScheduler", "LMSDiscreteScheduler"])
+@pytest.mark.parametrize("scheduler", [
+    "UniPCMultistepScheduler",
+    pytest.param("LMSDiscreteScheduler", marks=pytest.mark.skipif(
+        importlib.util.find_spec("scipy") is None, reason="LMSDiscreteScheduler needs scipy")),
+])
 def test_the_generation_s_scheduler_is_used_and_its_history_fits_in_the_cap(
         scheduler: str) -> None:
     args = TINY_ARGS.with_overrides(scheduler=scheduler, num_inference_steps=DEFAULT_MAX_STEPS)

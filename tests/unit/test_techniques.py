@@ -276,11 +276,14 @@ def test_xformers_reasons_on_the_cpu() -> None:
         assert reasons[1:] == ["xformers is not installed (pip install pytest-sdmem[xformers])"]
 
 
-def test_compile_without_a_cpp_compiler_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_without_a_cpp_compiler_says_so() -> None:
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", ("no-such-compiler-sdmem++",))
-    assert unmet_requirements(parse_technique("compile"), "cpu") == [
+    # config.patch, not monkeypatch: undoing a monkeypatch on inductor's config proxy can
+    # delete the entry (seen with pytest 9.2), breaking every later compile in the process.
+    with config.patch({"cpp.cxx": ("no-such-compiler-sdmem++",)}):
+        reasons = unmet_requirements(parse_technique("compile"), "cpu")
+    assert reasons == [
         "compile on the CPU needs a C++ compiler for torch inductor: install g++ or point CXX "
         "at one"
     ]
