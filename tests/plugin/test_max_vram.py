@@ -316,3 +316,22 @@ def test_options_are_settable_in_the_ini_file(pytester: pytest.Pytester) -> None
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
     assert (pytester.path / "from_ini.json").exists()
+
+
+def test_the_process_metric_on_the_cpu_fails_saying_why(pytester: pytest.Pytester) -> None:
+    """No driver-level figure exists for the CPU: a budget on it must not silently pass."""
+    pytester.makepyfile(
+        """
+        import pytest, torch
+
+        @pytest.mark.max_vram("1GB", metric="process")
+        def test_process():
+            torch.ones(2**20, dtype=torch.uint8)
+        """
+    )
+    result = pytester.runpytest("-rA", "-vv")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "VRAM *test_process - max_vram 1.00 GB (process) could not be checked on cpu*: the "
+        "'process' metric is not available here: it needs a CUDA device and nvidia-ml-py*",
+    ])
