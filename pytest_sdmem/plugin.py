@@ -196,6 +196,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     finally:
         state.call_report = tracker.stop()
     if state.min_speedup is not None and state.sd_pipe is not None:
+        if state.recorder is not None:  # the timing rounds' baseline is not this test's memory
+            vram = _vram_verdict(state, None)
+            state.snapshot = _stop_snapshot(item, state, vram is not None and not vram.passed)
         # The same generation the test ran (or the defaults), outside the memory window.
         pipe = state.sd_pipe
         args = asdict(pipe.last_args) if pipe.last_args is not None else {}
@@ -302,7 +305,7 @@ def pytest_runtest_makereport(
         verdicts.append(BaselineVerdict(gate.judge(record), str(gate.path)))
     failed = [v for v in verdicts if not v.passed]
     oom = vram is not None and vram.oom is not None
-    snapshot = _stop_snapshot(item, state, vram is not None and not vram.passed)
+    snapshot = state.snapshot or _stop_snapshot(item, state, vram is not None and not vram.passed)
     if failed and (rep.passed or oom):
         rep.outcome = "failed"
         rep.longrepr = "\n".join(v.as_longrepr() for v in failed)

@@ -35,6 +35,7 @@ class TestState:
     speedup: Any = None
     leak_bytes: int | None = None
     recorder: Any = None
+    snapshot: Any = None
 
     def budget_report(self) -> MemoryReport | None:
         """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate;

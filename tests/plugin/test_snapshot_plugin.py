@@ -42,3 +42,26 @@ def test_the_snapshot_section_names_the_allocating_frame(pytester: pytest.Pytest
                ["results"]}
     assert records["test_snap.py::test_over"]["snapshot"] is not None
     assert records["test_snap.py::test_under"]["snapshot"] is None
+
+
+def test_the_snapshot_stops_before_the_speedup_rounds(
+    pytester: pytest.Pytester, model_cache
+) -> None:
+    """The baseline pipeline of min_speedup runs after the recording: the snapshot's peak is
+    the test's own generation (the tracker's), not the timing rounds'."""
+    pytester.makepyfile(
+        test_snap_speed="""
+        import pytest
+
+        @pytest.mark.max_vram("1KB")
+        @pytest.mark.min_speedup(0.25)
+        def test_both(sd_pipe):
+            sd_pipe()
+        """
+    )
+    result = pytester.runpytest("--sdmem-snapshot-dir=snaps", f"--sdmem-cache-dir={model_cache}",
+                                "--sdmem-max-time=10", "--sdmem-json=r.json")
+    result.assert_outcomes(failed=1)
+    record = json.loads((pytester.path / "r.json").read_text())["results"][0]
+    assert record["speedup"]["verdict"] == "pass"
+    assert record["snapshot"]["peak_bytes"] == record["memory"]["peak_allocated_bytes"]
