@@ -69,6 +69,14 @@ class GenerationArgs:
                             f"{', '.join(known)}")
         return replace(self, **overrides)
 
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The StableDiffusionPipeline call arguments of this generation (without the
+        generator and output type, which depend on where it runs): one place, so the runner,
+        the estimator and the GPU comparison script call the pipeline the same way."""
+        return {"prompt": self.prompt, "num_inference_steps": self.num_inference_steps,
+                "height": self.height, "width": self.width,
+                "num_images_per_prompt": self.batch_size, "guidance_scale": self.guidance_scale}
+
     def context(self, device: str) -> ApplyContext:
         """What the techniques are set up for (jit_trace traces these shapes)."""
         return ApplyContext(device=device, height=self.height, width=self.width,
@@ -196,16 +204,7 @@ class SdPipe:
         if args.scheduler is not None:
             use_scheduler(self.pipe, args.scheduler)
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
-        output = self.pipe(
-            prompt=args.prompt,
-            num_inference_steps=args.num_inference_steps,
-            height=args.height,
-            width=args.width,
-            num_images_per_prompt=args.batch_size,
-            guidance_scale=args.guidance_scale,
-            generator=generator,
-            output_type="np",
-        )
+        output = self.pipe(**args.pipeline_kwargs(), generator=generator, output_type="np")
         self._sync()
         self.last_args = args
         return np.asarray(output.images)

@@ -98,9 +98,8 @@ else:
     torch.cuda.reset_peak_memory_stats()
     start = torch.cuda.memory_allocated()
     # The runner's call (runner.SdPipe.__call__).
-    pipe(prompt=args.prompt, num_inference_steps=args.num_inference_steps, height=size,
-         width=size, num_images_per_prompt=batch, guidance_scale=args.guidance_scale,
-         generator=torch.Generator(device="cuda").manual_seed(args.seed), output_type="np")
+    pipe(**args.pipeline_kwargs(), output_type="np",
+         generator=torch.Generator(device="cuda").manual_seed(args.seed))
     torch.cuda.synchronize()
     row |= {"measured": torch.cuda.max_memory_allocated(), "measured_start": start,
             "measured_reserved": torch.cuda.max_memory_reserved()}

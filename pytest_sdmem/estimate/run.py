@@ -34,6 +34,7 @@ import importlib.util
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -170,9 +171,8 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
             with ModelEntries(models, [device.set_phase, placement.enter_model]), \
                     CudaAttention() as attention, CudaConvolution(), HostBoundary(), \
                     timesteps_on_host(pipe):
-                pipe(prompt=args.prompt, num_inference_steps=steps, height=args.height,
-                     width=args.width, num_images_per_prompt=args.batch_size,
-                     guidance_scale=args.guidance_scale, output_type="np")
+                pipe(**replace(args, num_inference_steps=steps).pipeline_kwargs(),
+                     output_type="np")
             placement.finish()
         finally:
             placement.detach()
