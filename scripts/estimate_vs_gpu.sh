@@ -16,28 +16,17 @@
 #
 # Environment: PYTHON (default python3), SDMEM_CACHE_DIR (synthetic weights, default the
 # plugin's .pytest_cache/sdmem/models; sd15 is built there once, which takes minutes),
-# SDMEM_STEPS (default 2). Wheels the machine lacks are taken from .whl/ as in
-# gpu_acceptance.sh.
+# SDMEM_STEPS (default 2). Wheels the machine lacks are taken from .whl/ (see
+# scripts/offline_env.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 outdir=${1:-docs/results}
 mkdir -p "$outdir"
-python=${PYTHON:-python3}
 steps=${SDMEM_STEPS:-2}
 cache=${SDMEM_CACHE_DIR:-$PWD/.pytest_cache/sdmem/models}
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-
-pythonpath=$PWD
-shopt -s nullglob
-wheels=(.whl/*.whl)
-if [ "${#wheels[@]}" -gt 0 ]; then
-  site=$(mktemp -d)
-  trap 'rm -rf "$site"' EXIT
-  "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
-  pythonpath=$pythonpath:$site
-fi
-export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
+# shellcheck source=scripts/offline_env.sh
+. scripts/offline_env.sh
 
 # technique, image side (px), batch size: the suite's techniques one by one, then diffusers'
 # threshold scenarios (tests/unit/test_estimate_sd15.py).

@@ -24,21 +24,8 @@ outdir=$(cd "$1" && pwd)
 shift
 cd "$(dirname "$0")/.."
 
-python=${PYTHON:-python3}
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-
-# The project from this checkout, whether or not it is installed.
-pythonpath=$PWD
-shopt -s nullglob
-wheels=(.whl/*.whl)
-if [ "${#wheels[@]}" -gt 0 ]; then
-  site=$(mktemp -d)
-  trap 'rm -rf "$site"' EXIT
-  echo "installing ${#wheels[@]} wheel(s) from .whl/ into $site"
-  "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
-  pythonpath=$pythonpath:$site
-fi
-export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
+# shellcheck source=scripts/offline_env.sh
+. scripts/offline_env.sh
 
 # pytest loads the plugin through its entry point when the project is installed; from a plain
 # checkout it must be named.

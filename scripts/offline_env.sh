@@ -1,0 +1,21 @@
+# Sourced by the GPU scripts (gpu_acceptance.sh, estimate_vs_gpu.sh), from the project root:
+# an offline machine's environment for this checkout. Sets $python (PYTHON, default python3),
+# forbids hub access, and puts the checkout and the wheels carried in .whl/ (diffusers,
+# xformers, ...: see ../shared/gpu/fetch-wheels.sh) on PYTHONPATH. The wheels go into a
+# temporary directory, removed on exit, so the machine's own packages stay untouched.
+python=${PYTHON:-python3}
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+
+# The project from this checkout, whether or not it is installed.
+pythonpath=$PWD
+shopt -s nullglob
+wheels=(.whl/*.whl)
+shopt -u nullglob
+if [ "${#wheels[@]}" -gt 0 ]; then
+  site=$(mktemp -d)
+  trap 'rm -rf "$site"' EXIT
+  echo "installing ${#wheels[@]} wheel(s) from .whl/ into $site" >&2
+  "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
+  pythonpath=$pythonpath:$site
+fi
+export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
