@@ -14,6 +14,17 @@ slow next to its compute. So the suite names its budgets by key
     ["NVIDIA H100 80GB HBM3"]
     seed_fp16 = 1.8
 
+    [overhead."NVIDIA H100 80GB HBM3"]
+    reserved = "416 MiB"
+    process = "1056 MiB"
+    calibrated = "sdmem calibrate, 12 tests, torch 2.11.0+cu128, 2026-11-25"
+
+An ``overhead`` table per GPU model holds what a real run on that card shows beyond an estimate
+made without it (``--sdmem-estimate``): ``reserved`` is added to the estimated reserved memory
+for ``metric="reserved"`` budgets, ``process`` (the CUDA context, library handles) to it for
+``metric="process"``; the allocated figure is never changed. Both come from ``sdmem calibrate``
+over a real GPU run, and ``calibrated`` (required) says which, so a hand-made figure is visible.
+
 The file is validated when loaded, so a typo is an error naming the file, the table and the key,
 never a silently different budget: every size must parse, every factor must be a positive finite
 number, a device table may only override keys that ``[default]`` defines, and with the same kind
@@ -25,13 +36,17 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, parse_size
 
 DEFAULT_TABLE = "default"
+OVERHEAD_TABLE = "overhead"
+
+#: The metrics of ``max_vram`` an overhead applies to; "allocated" is the estimate itself.
+OVERHEAD_METRICS = ("reserved", "process")
 
 Kind = Literal["size", "factor"]
 
@@ -96,6 +111,64 @@ def _parse_value(where: str, raw: Any) -> Budget:
     )
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """What a real run on ``device_name`` holds beyond an estimate of it, per metric (bytes;
+    None: not calibrated), and where the figures came from."""
+
+    device_name: str
+    reserved: int | None
+    process: int | None
+    calibrated: str
+
+    def for_metric(self, metric: str) -> int | None:
+        """The bytes to add to the estimated reserved memory for ``metric``; None: unknown.
+        Zero for "allocated": that figure is the estimate's own."""
+        if metric == "allocated":
+            return 0
+        return {"reserved": self.reserved, "process": self.process}[metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_name": self.device_name, "reserved_bytes": self.reserved,
+                "process_bytes": self.process, "calibrated": self.calibrated}
+
+
+def _parse_overhead_size(where: str, raw: Any) -> int:
+    """A size string, or 0 (a calibration can find nothing beyond the estimate)."""
+    if raw == 0 and not isinstance(raw, bool):
+        return 0
+    try:
+        return parse_size(raw)
+    except UnitError:
+        raise BudgetError(f"{where} = {raw!r} is not a size; accepted: 0 or "
+                          f"{ACCEPTED_SIZES}") from None
+
+
+def _parse_overheads(path: Path, raw: Any) -> dict[str, Overhead]:
+    """The ``[overhead."DEVICE"]`` tables (see the module docstring)."""
+    example = f'[{OVERHEAD_TABLE}."NVIDIA H100 80GB HBM3"]'
+    if not isinstance(raw, dict) or not all(isinstance(t, dict) for t in raw.values()):
+        raise BudgetError(f"budgets file {path}: [{OVERHEAD_TABLE}] holds one table per GPU "
+                          f"model, e.g. {example}, with reserved, process and calibrated")
+    overheads = {}
+    for device, table in raw.items():
+        where = f"budgets file {path} [{OVERHEAD_TABLE}.{device!r}]"
+        unknown = sorted(set(table) - {*OVERHEAD_METRICS, "calibrated"})
+        if unknown:
+            raise BudgetError(f"{where} key(s) {', '.join(map(repr, unknown))} unknown; "
+                              "accepted: reserved, process (sizes) and calibrated (a string)")
+        calibrated = table.get("calibrated")
+        if not isinstance(calibrated, str) or not calibrated.strip():
+            raise BudgetError(f"{where} has no 'calibrated' string: say which GPU run the "
+                              "figures come from (sdmem calibrate writes it)")
+        if not any(metric in table for metric in OVERHEAD_METRICS):
+            raise BudgetError(f"{where} gives neither 'reserved' nor 'process'")
+        sizes = {metric: _parse_overhead_size(f"{where} key {metric!r}", table[metric])
+                 if metric in table else None for metric in OVERHEAD_METRICS}
+        overheads[device] = Overhead(device, sizes["reserved"], sizes["process"], calibrated)
+    return overheads
+
+
 def _table_name(name: str) -> str:
     return f"[{name}]" if name == DEFAULT_TABLE else f"[{name!r}]"
 
@@ -107,6 +180,16 @@ class Budgets:
     path: Path
     defaults: Mapping[str, Budget]
     devices: Mapping[str, Mapping[str, Budget]]
+    overheads: Mapping[str, Overhead] = field(default_factory=dict)
+
+    @property
+    def device_names(self) -> tuple[str, ...]:
+        """Every GPU model the file names, in a budgets table or an overhead table."""
+        return tuple(sorted({*self.devices, *self.overheads}))
+
+    def overhead(self, device_name: str) -> Overhead | None:
+        """The calibrated overhead of ``device_name``, or None when the file has none."""
+        return self.overheads.get(device_name)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -163,9 +246,10 @@ def load_budgets(path: Path | str) -> Budgets:
         key: _parse_value(f"budgets file {path} [{DEFAULT_TABLE}] key {key!r}", raw)
         for key, raw in tables[DEFAULT_TABLE].items()
     }
+    overheads = _parse_overheads(path, tables.get(OVERHEAD_TABLE, {}))
     devices: dict[str, dict[str, Budget]] = {}
     for device, table in tables.items():
-        if device == DEFAULT_TABLE:
+        if device in (DEFAULT_TABLE, OVERHEAD_TABLE):
             continue
         overrides: dict[str, Budget] = {}
         for key, raw in table.items():
@@ -179,4 +263,4 @@ def load_budgets(path: Path | str) -> Budgets:
                                   f"[{DEFAULT_TABLE}] makes it {_KIND_WORDS[defaults[key].kind]}")
             overrides[key] = budget
         devices[device] = overrides
-    return Budgets(path=path, defaults=defaults, devices=devices)
+    return Budgets(path=path, defaults=defaults, devices=devices, overheads=overheads)

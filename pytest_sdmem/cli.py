@@ -1,4 +1,5 @@
-"""The ``sdmem`` command: reports and baseline comparisons over saved results files.
+"""The ``sdmem`` command: reports, baseline comparisons and overhead calibration over saved
+results files.
 
 It shares its core with the pytest plugin (``baseline.compare_runs``, the report renderers), so
 ``sdmem compare`` in a CI step and ``--sdmem-compare`` in the test run reach the same verdicts.
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_sdmem.baseline import BaselineError, compare_runs, load_baseline, load_results
+from pytest_sdmem.budgets import BudgetError
+from pytest_sdmem.calibration import CalibrationError, append_to_budgets, calibrate_files
 from pytest_sdmem.report.html import render_html
 from pytest_sdmem.report.markdown import render_markdown
 from pytest_sdmem.report.png import PlotUnavailableError, render_png
@@ -59,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=("text", "md"), default="text")
     compare.add_argument("-o", "--output", type=Path, metavar="OUT",
                          help="write the table here instead of stdout")
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="measure a GPU model's overhead over --sdmem-estimate, for the budgets file",
+        description="Pair the tests of a real GPU run (--gpu --sdmem-json) with their estimates "
+        "(--sdmem-estimate --sdmem-json, same tests) and print the GPU's [overhead] table for "
+        "the budgets file: per metric, the largest excess of the measured figure over the "
+        "estimated reserved memory. Exit status: 0 done, 2 bad input.",
+    )
+    calibrate.add_argument("gpu_run", type=Path, metavar="GPU.json")
+    calibrate.add_argument("estimate_run", type=Path, metavar="ESTIMATE.json")
+    calibrate.add_argument("--append", type=Path, metavar="BUDGETS.toml",
+                           help="also append the table to this budgets file (refused if it has "
+                           "an overhead for that GPU already; the rest of the file is kept)")
     return parser
 
 
@@ -93,6 +110,19 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK if comparison.passed else EXIT_REGRESSION
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    calibration = calibrate_files(args.gpu_run, args.estimate_run)
+    if args.append is not None:
+        append_to_budgets(args.append, calibration)
+        print(f"sdmem: appended the overhead of {calibration.device_name!r} to {args.append}",
+              file=sys.stderr)
+    sys.stdout.write(calibration.to_toml())
+    return EXIT_OK
+
+
+COMMANDS = {"report": _report, "compare": _compare, "calibrate": _calibrate}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (argparse's own errors included) for tests."""
     parser = build_parser()
@@ -101,8 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error argparse already printed (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return _report(args) if args.command == "report" else _compare(args)
-    except (BaselineError, ToleranceError, PlotUnavailableError, UsageError) as exc:
+        return COMMANDS[args.command](args)
+    except (BaselineError, BudgetError, CalibrationError, ToleranceError, PlotUnavailableError,
+            UsageError) as exc:
         print(f"sdmem: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pytest_sdmem.budgets import BudgetError, Budgets, load_budgets
 from pytest_sdmem.errors import NeedsRealRun
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
 from pytest_sdmem.gate import Gate
@@ -24,6 +25,7 @@ from pytest_sdmem.markers import (
     MARKERS,
     BudgetLookup,
     MarkerError,
+    MaxVram,
     parse_max_vram,
     parse_min_speedup,
     parse_sd_technique,
@@ -142,6 +144,7 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
         state.error = str(exc)
     if settings.estimate:
         state.measured = "sd_pipe" in fixturenames
+        state.overhead = hooks.overhead
     else:
         state.measured = bool(state.max_vram or state.min_speedup
                               or {"sd_pipe", "cuda_mem_tracker"} & fixturenames)
@@ -215,11 +218,36 @@ def _vram_verdict(state: TestState, excinfo: Any) -> VramVerdict | None:
         return None
     if excinfo is not None and is_out_of_memory(excinfo.value):
         return VramVerdict(spec, report, oom=str(excinfo.value))
+    if getattr(state.sd_pipe, "estimates", None) and spec.metric != "allocated":
+        return _estimate_verdict(state, spec, report)
     if spec.metric == "process" and report.process_peak is None:
         return VramVerdict(spec, report, error="the 'process' metric is not available here: "
                            "it needs a CUDA device and nvidia-ml-py (pip install "
                            "pytest-sdmem[nvml])")
     return VramVerdict(spec, report)
+
+
+def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> VramVerdict:
+    """A reserved or process budget on an estimate: the simulation cannot see what that card
+    adds (context, library workspaces, its allocator's slack), so the calibrated overhead of
+    the GPU the estimate stands for must be known, and the verdict shows it beside the
+    estimate. Without one the budget cannot be checked: an error, never a silent pass."""
+    overhead = state.overhead
+    extra = overhead.for_metric(spec.metric) if overhead is not None else None
+    if overhead is None or extra is None:
+        where = (f"the budgets file has no {spec.metric!r} overhead for {overhead.device_name!r}"
+                 if overhead is not None else
+                 "name that GPU with --sdmem-estimate-for, with its [overhead.\"GPU NAME\"] "
+                 "table in the budgets file")
+        return VramVerdict(spec, report, error=(
+            f"an estimate's {spec.metric!r} figure needs the calibrated overhead of the GPU it "
+            f"stands for (the CUDA context, cuBLAS/cuDNN workspaces, the allocator's slack: "
+            f"what the simulation cannot see); {where}. Calibrate it from a GPU run with "
+            "'sdmem calibrate' (README: Calibrating the overhead), or budget metric='allocated'"))
+    estimate = (report.process_peak if spec.metric == "process" else report.peak_reserved) - extra
+    return VramVerdict(spec, report, note=(
+        f"estimated {format_size(estimate)} + overhead {format_size(extra)} of "
+        f"{overhead.device_name!r}, calibrated: {overhead.calibrated}"))
 
 
 def _properties(state: TestState, report: MemoryReport | None) -> list[tuple[str, Any]]:
@@ -260,7 +288,9 @@ def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) ->
     return TestRecord(
         nodeid=item.nodeid,
         estimated=settings.estimate,
-        estimate=estimates[-1].to_dict() if estimates else None,
+        estimate=({**estimates[-1].to_dict(),
+                   "overhead": state.overhead.to_dict() if state.overhead else None}
+                  if estimates else None),
         device=report.device if report else settings.device,
         device_name=report.device_name if report else "",
         model=settings.model if state.technique is not None else None,
@@ -413,6 +443,17 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
+def _budget_lookup(budgets: Budgets, device_name: str) -> BudgetLookup:
+    """The markers' view of the budgets file: values of one GPU model."""
+
+    def lookup(kind: str, key: str) -> Any:
+        if kind == "vram":
+            return budgets.vram(key, device_name)
+        return budgets.speedup(key, device_name)
+
+    return lookup
+
+
 class SessionHooks:
     """What one pytest process knows for the whole session: its settings, environment, named
     budgets, regression gate, and (on the controller) the records of every measured test."""
@@ -423,7 +464,16 @@ class SessionHooks:
         backend = get_backend(settings.device)
         self.environment = collect_environment(settings.device, backend.device_name,
                                                backend.total_memory)
-        self.budgets = self._budget_lookup(backend.device_name)
+        budgets = self._load_budgets()
+        # An estimate is judged by the budgets of the GPU it stands for, not of this machine.
+        device_name = settings.estimate_for or backend.device_name
+        if settings.estimate_for is not None:
+            self._check_estimate_for(budgets, settings.estimate_for)
+        self.budgets = _budget_lookup(budgets, device_name) if budgets is not None else None
+        self.overhead = (budgets.overhead(device_name)
+                         if budgets is not None and settings.estimate else None)
+        if settings.estimate:
+            self.environment["estimate_for"] = settings.estimate_for
         self.gate = self._load_gate()
         self.collector = Collector()
 
@@ -431,24 +481,29 @@ class SessionHooks:
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
 
-    def _budget_lookup(self, device_name: str) -> BudgetLookup | None:
-        """Named budgets for this device, or None without a budgets file. A budgets file that
-        cannot be read is a usage error: every budgeted test would be judged wrongly."""
+    def _load_budgets(self) -> Budgets | None:
+        """The budgets file, or None without one. One that cannot be read is a usage error:
+        every budgeted test would be judged wrongly."""
         if self.settings.budgets_path is None:
             return None
-        from pytest_sdmem.budgets import BudgetError, load_budgets
-
         try:
-            budgets = load_budgets(self.settings.budgets_path)
+            return load_budgets(self.settings.budgets_path)
         except BudgetError as exc:
             raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
 
-        def lookup(kind: str, key: str) -> Any:
-            if kind == "vram":
-                return budgets.vram(key, device_name)
-            return budgets.speedup(key, device_name)
-
-        return lookup
+    @staticmethod
+    def _check_estimate_for(budgets: Budgets | None, name: str) -> None:
+        """A GPU name the budgets file does not know would silently change nothing: refuse it."""
+        if budgets is None:
+            raise pytest.UsageError(
+                f"pytest-sdmem: --sdmem-estimate-for={name!r} selects a GPU's budgets and "
+                "overhead in the budgets file, but there is none (--sdmem-budgets PATH)")
+        if name not in budgets.device_names:
+            known = ", ".join(map(repr, budgets.device_names)) or "none"
+            raise pytest.UsageError(
+                f"pytest-sdmem: --sdmem-estimate-for={name!r}: {budgets.path} has neither "
+                f"budgets nor an overhead for that GPU; GPUs it names: {known} (names are "
+                "torch.cuda.get_device_name()'s, exactly)")
 
     def _load_gate(self) -> Gate | None:
         if self.settings.compare_path is None:

@@ -42,6 +42,7 @@ class Settings:
     share_gpu: bool = False
     snapshot_dir: Path | None = None
     estimate: bool = False
+    estimate_for: str | None = None
     safety_checker: bool = False
 
     @property
@@ -139,6 +140,11 @@ def build_settings(
     if estimate and gpu:
         raise SettingsError("--sdmem-estimate estimates the CUDA peak without a GPU; with --gpu "
                             "the peak is measured: use one or the other")
+    estimate_for = (raw.get("sdmem_estimate_for") or "").strip() or None
+    if estimate_for is not None and not estimate:
+        raise SettingsError(f"--sdmem-estimate-for={estimate_for!r} names the GPU an estimate "
+                            "stands for: it needs --sdmem-estimate (a measured run uses the "
+                            "budgets of the GPU it runs on)")
     device = _device(raw, workers, cuda)
     model = raw.get("sdmem_model") or ("sd15" if gpu or estimate else "tiny")
     tiny = model == "tiny"
@@ -175,5 +181,6 @@ def build_settings(
         share_gpu=bool(raw.get("sdmem_share_gpu")),
         snapshot_dir=_path(raw, "sdmem_snapshot_dir"),
         estimate=estimate,
+        estimate_for=estimate_for,
         safety_checker=not raw.get("sdmem_no_safety_checker") and not tiny,
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pytest_sdmem.budgets import Overhead
 from pytest_sdmem.markers import MaxVram, MinSpeedup, parse_sd_technique
 from pytest_sdmem.memory import MemoryReport, MemoryTracker
 from pytest_sdmem.results import TestRecord
@@ -36,14 +37,16 @@ class TestState:
     leak_bytes: int | None = None
     recorder: Any = None
     snapshot: Any = None
+    overhead: Overhead | None = None
 
     def budget_report(self) -> MemoryReport | None:
-        """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate;
-        else the highest tracker block if the test used any (it chose what to measure), else
-        its whole call."""
+        """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate
+        (reserved and process with the calibrated overhead of the GPU it stands for); else the
+        highest tracker block if the test used any (it chose what to measure), else its whole
+        call."""
         estimates = getattr(self.sd_pipe, "estimates", None)
         if estimates:  # --sdmem-estimate: the estimated CUDA peak of each generation
-            return MemoryReport.merge_max(e.to_memory_report() for e in estimates)
+            return MemoryReport.merge_max(e.to_memory_report(self.overhead) for e in estimates)
         blocks = [report for tracker in self.trackers for report in tracker.reports]
         if blocks:
             return MemoryReport.merge_max(blocks)

@@ -62,13 +62,15 @@ class VramVerdict:
     """``max_vram``: the highest peak of the test's call (or of its tracker blocks) vs the limit.
 
     ``oom`` holds the allocator's message when the test ran out of memory: that is a budget
-    failure too, since the budget was the promise that it would fit.
+    failure too, since the budget was the promise that it would fit. ``note`` says how the figure
+    was made when it is not measured alone (an estimate plus a GPU's calibrated overhead).
     """
 
     spec: MaxVram
     report: MemoryReport
     oom: str | None = None
     error: str | None = None
+    note: str | None = None
     kind: str = "max_vram"
     status_word: str = "VRAM"
     status_letter: str = "V"
@@ -95,9 +97,11 @@ class VramVerdict:
         head = f"{noun} {format_size(self.peak)} ({self.spec.metric}, {where})"
         over = self.peak - self.spec.limit
         if over > 0:
-            return (f"{head} exceeded max_vram {format_size(self.spec.limit)} by "
+            line = (f"{head} exceeded max_vram {format_size(self.spec.limit)} by "
                     f"{format_size(over)} (+{100 * over / self.spec.limit:.1f}%)")
-        return f"{head} within max_vram {format_size(self.spec.limit)}"
+        else:
+            line = f"{head} within max_vram {format_size(self.spec.limit)}"
+        return f"{line}; {self.note}" if self.note else line
 
     def as_section(self) -> tuple[str, str]:
         return ("sdmem: memory", str(self.report))

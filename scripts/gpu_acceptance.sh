@@ -12,6 +12,10 @@
 #   table.md      the table of that file (sdmem report --format md)
 #   junit.xml     JUnit XML, with every figure as a property
 #   pytest.log    the whole pytest output, durations included
+#   estimate.json the same tests estimated without the GPU (--sdmem-estimate, on this CPU)
+#   overhead.toml this card's overhead over those estimates (sdmem calibrate): the table to add
+#                 to tests/techniques/budgets.toml after reading it (README: "Calibrating the
+#                 overhead")
 # Exits with pytest's status, after writing the table even when tests failed.
 set -euo pipefail
 
@@ -53,6 +57,19 @@ if [ -f "$outdir/results.json" ]; then
   "$python" -m pytest_sdmem.cli report "$outdir/results.json" --format md \
     -o "$outdir/table.md"
   echo "results: $outdir/results.json, table: $outdir/table.md"
+  # The same tests estimated, at the GPU run's step count (the estimator stops repeating steps
+  # itself), then the card's overhead over the estimates. Neither changes the exit status: that
+  # is the GPU tier's verdict.
+  rm -f "$outdir/estimate.json" "$outdir/overhead.toml"
+  "$python" -m pytest "${plugin[@]}" --sdmem-estimate --sdmem-steps 25 tests/techniques \
+    --sdmem-json "$outdir/estimate.json" -q "$@" > "$outdir/estimate.log" 2>&1 || true
+  if [ -f "$outdir/estimate.json" ] && "$python" -m pytest_sdmem.cli calibrate \
+      "$outdir/results.json" "$outdir/estimate.json" > "$outdir/overhead.toml"; then
+    echo "overhead: $outdir/overhead.toml"
+  else
+    rm -f "$outdir/overhead.toml"
+    echo "no overhead was calibrated: see $outdir/estimate.log" >&2
+  fi
 else
   echo "no results were written (pytest exit status $status): see $outdir/pytest.log" >&2
 fi

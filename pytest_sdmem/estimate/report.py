@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pytest_sdmem.budgets import Overhead
 from pytest_sdmem.memory.tracker import MemoryReport
 from pytest_sdmem.runner import GenerationArgs
 from pytest_sdmem.units import format_duration, format_size
@@ -65,22 +66,27 @@ class EstimateReport:
         """The phase (model that ran last) in which the peak was reached."""
         return max(self.phase_peaks, key=lambda name: self.phase_peaks[name])
 
-    def to_memory_report(self) -> MemoryReport:
+    def to_memory_report(self, overhead: Overhead | None = None) -> MemoryReport:
         """The estimate as the figures of a measured block, on the device "cuda (estimated)".
 
-        Host figures are not those of a real run, so they are left out; the estimate has no
-        allocator retries or OOMs.
+        ``overhead`` (calibrated on the GPU the estimate stands for) is added to the reserved
+        figure, and gives the process figure; the allocated figure stays the estimate's own.
+        Without a process overhead there is no process figure. Host figures are not those of a
+        real run, so they are left out; the estimate has no allocator retries or OOMs.
         """
+        extra = overhead.reserved if overhead is not None else None
+        process = overhead.process if overhead is not None else None
         return MemoryReport(
             device=ESTIMATED_DEVICE,
-            device_name=ESTIMATED_DEVICE_NAME,
+            device_name=ESTIMATED_DEVICE_NAME + (
+                f" + overhead of {overhead.device_name}" if overhead is not None else ""),
             peak_allocated=self.estimated_allocated,
-            peak_reserved=self.estimated_reserved,
+            peak_reserved=self.estimated_reserved + (extra or 0),
             start_allocated=self.start_allocated,
             end_allocated=self.end_allocated,
             host_peak_rss=None,
             host_rss_method="not measured (estimate)",
-            process_peak=None,
+            process_peak=self.estimated_reserved + process if process is not None else None,
             num_alloc_retries=0,
             num_ooms=0,
         )

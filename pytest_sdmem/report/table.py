@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_sdmem.results import TestRecord
 from pytest_sdmem.units import format_duration, format_size
@@ -53,6 +54,16 @@ def _verdict_cell(record: TestRecord) -> str:
     return record.outcome
 
 
+def _reserved_cell(reserved: int | None, estimate: dict[str, Any] | None) -> str:
+    """Reserved memory; an estimate's shows the calibrated overhead it includes beside it."""
+    if reserved is None:
+        return "-"
+    extra = ((estimate or {}).get("overhead") or {}).get("reserved_bytes")
+    if extra:
+        return f"{format_size(reserved)} (incl. +{format_size(extra)} overhead)"
+    return format_size(reserved)
+
+
 def table_rows(records: Iterable[TestRecord]) -> list[Row]:
     """Rows for every record, in the order the tests ran."""
     rows = []
@@ -71,7 +82,7 @@ def table_rows(records: Iterable[TestRecord]) -> list[Row]:
                     format_duration(latency) if latency is not None else "-",
                     _speedup_cell(r),
                     (format_size(peak) + estimated) if peak is not None else "-",
-                    format_size(reserved) if reserved is not None else "-",
+                    _reserved_cell(reserved, r.estimate),
                     _budget_cell(r),
                     _verdict_cell(r),
                 ),

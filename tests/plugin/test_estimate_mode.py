@@ -88,3 +88,72 @@ def test_a_skip_for_pixels_never_hides_an_estimate_over_budget(
         "SKIPPED *no pixels*(its peak VRAM * within max_vram 1.00 GB)",
         "SKIPPED *sd_pipe.pipe*needs a real run*",
     ])
+
+
+def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
+    pytester: pytest.Pytester, model_cache: Path
+) -> None:
+    from pytest_sdmem.cli import main
+    from pytest_sdmem.results import RunResults
+
+    card = "NVIDIA Test GPU"
+    budgets = pytester.path / "budgets.toml"
+    budgets.write_text('[default]\nunused = "1 GB"\n')
+    test_file = """
+        import pytest
+
+        @pytest.mark.max_vram({limit}, metric="reserved")
+        def test_reserved(sd_pipe):
+            sd_pipe()
+
+        @pytest.mark.max_vram("1GB")
+        def test_allocated(sd_pipe):
+            sd_pipe()
+        """
+    pytester.makepyfile(test_file.format(limit='"1GB"'))
+    args = ("--sdmem-estimate", "--sdmem-model=tiny", f"--sdmem-cache-dir={model_cache}",
+            f"--sdmem-budgets={budgets}")
+    first = pytester.runpytest(*args, "--sdmem-json=estimate.json")
+    # No overhead known: the reserved budget cannot be checked, and says how to fix that.
+    first.assert_outcomes(passed=1, failed=1)
+    first.stdout.fnmatch_lines(["*max_vram 1.00 GB (reserved) could not be checked*needs the "
+                                "calibrated overhead*--sdmem-estimate-for*sdmem calibrate*"])
+
+    # A GPU run of the same tests, 100 MB above each estimate's reserved memory (written by
+    # hand: there is no GPU here), calibrates the card's overhead into the budgets file.
+    estimates = RunResults.read(pytester.path / "estimate.json")
+    for record in estimates.results:
+        record.estimated, record.device, record.device_name = False, "cuda:0", card
+        record.memory = {"peak_allocated_bytes": record.estimate["estimated_allocated_bytes"],
+                         "peak_reserved_bytes":
+                             record.estimate["estimated_reserved_bytes"] + 100_000_000}
+    estimates.write(pytester.path / "gpu.json")
+    assert main(["calibrate", "gpu.json", "estimate.json", f"--append={budgets}"]) == 0
+    simulated = {r.nodeid.split("::")[1]: r.estimate["estimated_reserved_bytes"]
+                 for r in RunResults.read(pytester.path / "estimate.json").results}
+
+    # Between the simulated reserved memory and the same plus the overhead: only the overhead
+    # makes it fail.
+    pytester.makepyfile(test_file.format(limit=simulated["test_reserved"] + 50_000_000))
+    second = pytester.runpytest(*args, f"--sdmem-estimate-for={card}", "--sdmem-json=r.json")
+    second.assert_outcomes(passed=1, failed=1)
+    overhead = 96 * 2**20  # 100 MB rounded up to the MiB (100.66 MB)
+    second.stdout.fnmatch_lines([
+        "*test_reserved*(incl. +100.66 MB overhead)*FAIL max_vram",
+        "VRAM *test_reserved*",
+    ])
+    second.stdout.fnmatch_lines([
+        f"peak VRAM * (reserved, cuda (estimated) * + overhead of {card}) exceeded max_vram * "
+        f"estimated * + overhead 100.66 MB of {card!r}, calibrated: sdmem calibrate, 2 tests*"])
+    records = {r["nodeid"].split("::")[1]: r
+               for r in json.loads((pytester.path / "r.json").read_text())["results"]}
+    reserved, allocated = records["test_reserved"], records["test_allocated"]
+    assert reserved["memory"]["peak_reserved_bytes"] == simulated["test_reserved"] + overhead
+    assert reserved["estimate"]["overhead"]["reserved_bytes"] == overhead
+    # Never folded into the allocated figure.
+    assert (allocated["memory"]["peak_allocated_bytes"]
+            == allocated["estimate"]["estimated_allocated_bytes"])
+
+    unknown = pytester.runpytest(*args, "--sdmem-estimate-for=NVIDIA Other")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines([f"*'NVIDIA Other'*neither budgets nor an overhead*'{card}'*"])

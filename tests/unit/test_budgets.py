@@ -180,3 +180,58 @@ def test_the_suites_budgets_file_holds_the_guides_numbers() -> None:
         assert budgets.speedup(key, "any") == pytest.approx(guide * 0.5)
     assert budgets.speedup("compile_unet", "any") == budgets.speedup("seed_traced_unet", "any")
     assert budgets.speedup("model_offload_vs_gpu", "any") == pytest.approx(1 / 1.2, abs=0.001)
+
+
+OVERHEAD = f"""
+[default]
+sequential_offload = "3 GB"
+
+[overhead."{H100}"]
+reserved = "416 MiB"
+process = "1 GiB"
+calibrated = "sdmem calibrate, 12 tests"
+
+[overhead."NVIDIA L4"]
+reserved = 0
+calibrated = "sdmem calibrate, 3 tests"
+"""
+
+
+def test_overhead_tables_per_gpu(tmp_path: Path) -> None:
+    budgets = load_budgets(_write(tmp_path, OVERHEAD))
+    h100 = budgets.overhead(H100)
+    assert h100 is not None
+    assert (h100.reserved, h100.process) == (416 * 2**20, 2**30)
+    assert h100.calibrated == "sdmem calibrate, 12 tests"
+    assert [h100.for_metric(m) for m in ("allocated", "reserved", "process")] == [
+        0, 416 * 2**20, 2**30]
+    l4 = budgets.overhead("NVIDIA L4")
+    assert l4 is not None and (l4.reserved, l4.process) == (0, None)
+    assert budgets.overhead("Tesla T4") is None
+    # An overhead-only GPU is a GPU the file names; its budgets are the defaults.
+    assert budgets.device_names == (H100, "NVIDIA L4")
+    assert budgets.vram("sequential_offload", "NVIDIA L4") == 3_000_000_000
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('reserved = "1 GB"', r"has no 'calibrated' string"),
+    ('reserved = "1 GB"\ncalibrated = ""', r"has no 'calibrated' string"),
+    ('calibrated = "x"', r"gives neither 'reserved' nor 'process'"),
+    ('reserved = "1 banana"\ncalibrated = "x"', r"key 'reserved' = '1 banana' is not a size"),
+    ('reserved = -5\ncalibrated = "x"', r"key 'reserved' = -5 is not a size"),
+    ('allocated = "1 GB"\ncalibrated = "x"', r"key\(s\) 'allocated' unknown; accepted: "
+                                               r"reserved, process"),
+])
+def test_overhead_mistakes_name_the_table_and_key(tmp_path: Path, table: str,
+                                                  message: str) -> None:
+    text = f'[default]\nx = "1 GB"\n\n[overhead."{H100}"]\n{table}\n'
+    path = _write(tmp_path, text)
+    with pytest.raises(BudgetError, match=message) as err:
+        load_budgets(path)
+    assert f"[overhead.{H100!r}]" in str(err.value) and str(path) in str(err.value)
+
+
+def test_overhead_needs_a_table_per_gpu(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[default]\nx = "1 GB"\n\n[overhead]\nreserved = "1 GB"\n')
+    with pytest.raises(BudgetError, match=r"\[overhead\] holds one table per GPU model"):
+        load_budgets(path)

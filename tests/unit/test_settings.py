@@ -72,6 +72,16 @@ def test_each_xdist_worker_gets_its_own_gpu() -> None:
     assert build_settings({}, CACHE, no_cuda, Workers(2, 1)).device == "cpu"
 
 
+def test_estimate_for_names_a_gpu_only_for_an_estimate() -> None:
+    s = build_settings({"sdmem_estimate": True, "sdmem_estimate_for": " NVIDIA L4 "}, CACHE,
+                       no_cuda)
+    assert s.estimate_for == "NVIDIA L4"
+    assert build_settings({"sdmem_estimate": True}, CACHE, no_cuda).estimate_for is None
+    with pytest.raises(SettingsError, match=r"--sdmem-estimate-for='NVIDIA L4' .* needs "
+                                            r"--sdmem-estimate"):
+        build_settings({"sdmem_estimate_for": "NVIDIA L4"}, CACHE, no_cuda)
+
+
 def test_estimate_mode_defaults_and_conflicts() -> None:
     s = build_settings({"sdmem_estimate": True}, CACHE, no_cuda)
     assert (s.estimate, s.model, s.device, s.steps, s.size) == (True, "sd15", "cpu", 2, 512)

@@ -1,0 +1,211 @@
+"""Calibrate an estimate's overhead on one GPU model from a real run there.
+
+``--sdmem-estimate`` predicts ``max_memory_allocated``: what the tensors need. A card's reserved
+memory and its process footprint hold more, and that part the simulation cannot see: the
+caching allocator's slack on that card, cuBLAS/cuDNN workspaces, the CUDA context and the
+loaded kernels. So that term is measured instead: the tests of a real GPU run (``--gpu
+--sdmem-json``) are paired with their estimates (``--sdmem-estimate --sdmem-json``, same
+tests), and per metric the overhead is the largest excess of the measured figure over the
+estimated reserved memory. It is written as an ``[overhead."GPU NAME"]`` table for the budgets
+file (``budgets.Overhead``), with each pair's figures in its comments, so the figure can be
+traced to the run it came from.
+
+A pair is only used when its allocated figures agree within the estimator's stated accuracy
+(``AGREEMENT``): a larger gap is a different generation or a wrong estimate, and folding it into
+the overhead would hide it behind a bigger constant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_sdmem.baseline import load_results
+from pytest_sdmem.budgets import OVERHEAD_METRICS, load_budgets
+from pytest_sdmem.results import RunResults, TestRecord
+from pytest_sdmem.units import format_size
+
+#: How far an estimate's allocated figure may be from the measured one for the pair to count.
+AGREEMENT = 0.10
+
+_MIB = 1024**2
+
+
+class CalibrationError(ValueError):
+    """The two runs cannot calibrate an overhead; the message says why."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One test, measured on the GPU and estimated without it (bytes)."""
+
+    nodeid: str
+    measured_allocated: int
+    measured_reserved: int
+    measured_process: int | None
+    estimated_allocated: int
+    estimated_reserved: int
+
+    @property
+    def allocated_error(self) -> float:
+        """estimate / measured - 1 of the allocated peak."""
+        return self.estimated_allocated / self.measured_allocated - 1
+
+    def excess(self, metric: str) -> int | None:
+        """How far the measured ``metric`` lies above the estimated reserved memory."""
+        measured = self.measured_reserved if metric == "reserved" else self.measured_process
+        return None if measured is None else measured - self.estimated_reserved
+
+
+@dataclass
+class Calibration:
+    """The overhead of ``device_name``: the pairs it rests on and the tests left out (why)."""
+
+    device_name: str
+    source: str
+    pairs: list[Pair]
+    excluded: list[tuple[str, str]] = field(default_factory=list)
+
+    def overhead(self, metric: str) -> int | None:
+        """The largest excess over the pairs, never below zero; None when no pair has the
+        figure (``process`` needs NVML on the GPU run)."""
+        excesses = [e for pair in self.pairs if (e := pair.excess(metric)) is not None]
+        return max(0, *excesses) if excesses else None
+
+    def to_toml(self) -> str:
+        """An ``[overhead."GPU NAME"]`` table for the budgets file, its evidence in comments.
+
+        Figures are rounded up to the MiB, so the stored overhead is never below the measured.
+        """
+        lines = [
+            f"# Calibrated by sdmem calibrate from {self.source}.",
+            "# overhead = max over the pairs of (measured figure - estimated reserved), >= 0.",
+            "# test: allocated measured / estimated (error); reserved measured / estimated; "
+            "process measured",
+        ]
+        for pair in self.pairs:
+            process = format_size(pair.measured_process) if pair.measured_process else "-"
+            lines.append(
+                f"#   {pair.nodeid}: {format_size(pair.measured_allocated)} / "
+                f"{format_size(pair.estimated_allocated)} ({pair.allocated_error:+.1%}); "
+                f"{format_size(pair.measured_reserved)} / {format_size(pair.estimated_reserved)}"
+                f"; {process}")
+        lines += [f"#   left out: {nodeid}: {why}" for nodeid, why in self.excluded]
+        lines.append(f"[overhead.{json.dumps(self.device_name)}]")
+        for metric in OVERHEAD_METRICS:
+            value = self.overhead(metric)
+            if value is None:
+                lines.append(f"# {metric}: not measured (the GPU run has no process figures: "
+                             "it needs nvidia-ml-py, pip install pytest-sdmem[nvml])")
+            else:
+                excesses = [e for p in self.pairs if (e := p.excess(metric)) is not None]
+                mib = math.ceil(value / _MIB)
+                lines.append(f"{metric} = {json.dumps(f'{mib} MiB') if mib else 0}"
+                             f"  # median excess {format_size(statistics.median(excesses))}")
+        lines.append(f"calibrated = {json.dumps(f'sdmem calibrate, {self.source}')}")
+        return "\n".join(lines) + "\n"
+
+
+def _gpu_device_name(run: RunResults, what: str) -> str:
+    names = {r.device_name for r in run.results if r.device.startswith("cuda") and not r.estimated}
+    if not names:
+        raise CalibrationError(f"{what} has no test measured on CUDA: calibrate from a run with "
+                               "--gpu --sdmem-json (e.g. scripts/gpu_acceptance.sh)")
+    if len(names) > 1:
+        raise CalibrationError(f"{what} mixes GPU models ({', '.join(sorted(names))}): an "
+                               "overhead belongs to one; calibrate from one card's run")
+    return names.pop()
+
+
+def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
+    """The pair of two records of one test, or why it cannot be used."""
+    memory, figures = gpu.memory or {}, estimate.estimate or {}
+    if gpu.outcome not in ("passed", "failed") or memory.get("num_ooms"):
+        return f"the GPU run's test ended {gpu.outcome!r} or ran out of memory"
+    if gpu.technique != estimate.technique:
+        return f"technique {gpu.technique!r} on the GPU, {estimate.technique!r} estimated"
+    try:
+        pair = Pair(gpu.nodeid, int(memory["peak_allocated_bytes"]),
+                    int(memory["peak_reserved_bytes"]),
+                    None if memory.get("process_peak_bytes") is None
+                    else int(memory["process_peak_bytes"]),
+                    int(figures["estimated_allocated_bytes"]),
+                    int(figures["estimated_reserved_bytes"]))
+    except (KeyError, TypeError, ValueError):
+        return "a figure is missing from one of the records"
+    if pair.measured_allocated <= 0:
+        return "the GPU run measured no allocation"
+    if abs(pair.allocated_error) > AGREEMENT:
+        return (f"the estimate is {pair.allocated_error:+.1%} off the measured allocated peak "
+                f"(more than {AGREEMENT:.0%}): a different generation or a wrong estimate, "
+                "which an overhead must not absorb")
+    return pair
+
+
+def calibrate(gpu_run: RunResults, estimate_run: RunResults,
+              gpu_label: str = "the GPU run", estimate_label: str = "the estimate run"
+              ) -> Calibration:
+    """Pair the tests of a real GPU run with their estimates and take the overhead per metric."""
+    device_name = _gpu_device_name(gpu_run, gpu_label)
+    estimates = {r.nodeid: r for r in estimate_run.results if r.estimated and r.estimate}
+    if not estimates:
+        raise CalibrationError(f"{estimate_label} has no estimated test: run the same tests "
+                               "with --sdmem-estimate --sdmem-json")
+    pairs: list[Pair] = []
+    excluded: list[tuple[str, str]] = []
+    for gpu in gpu_run.results:
+        if gpu.nodeid not in estimates or not gpu.memory or gpu.estimated:
+            continue
+        pair = _pair(gpu, estimates[gpu.nodeid])
+        if isinstance(pair, Pair):
+            pairs.append(pair)
+        else:
+            excluded.append((gpu.nodeid, pair))
+    if not pairs:
+        why = "; ".join(f"{n}: {w}" for n, w in excluded) or "no test is in both runs"
+        raise CalibrationError(f"no test of {gpu_label} pairs with an estimate in "
+                               f"{estimate_label} ({why})")
+    env = gpu_run.environment
+    source = (f"{len(pairs)} tests of {gpu_label} on {device_name}, torch {env.get('torch')}, "
+              f"driver {env.get('driver_version') or 'unknown'}")
+    return Calibration(device_name, source, pairs, excluded)
+
+
+def append_to_budgets(path: Path, calibration: Calibration) -> None:
+    """Append the overhead table to the budgets file ``path``, keeping everything in it.
+
+    Refused when the file already has an overhead for that GPU (replace it by hand: the old
+    figure is someone's record), and written atomically, after the result validated: the file
+    is either the old one or the old one plus a valid table.
+    """
+    budgets = load_budgets(path)
+    if budgets.overhead(calibration.device_name) is not None:
+        raise CalibrationError(f"{path} already has an overhead for {calibration.device_name!r};"
+                               " remove that table first to replace it")
+    text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + calibration.to_toml()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CalibrationError(f"cannot write beside {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        shutil.copymode(path, tmp)
+        load_budgets(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def calibrate_files(gpu_path: Path, estimate_path: Path) -> Calibration:
+    """``calibrate`` over two results files (read with the reports' validation)."""
+    return calibrate(load_results(gpu_path, "GPU run"), load_results(estimate_path, "estimate run"),
+                     gpu_label=gpu_path.name, estimate_label=estimate_path.name)
+
