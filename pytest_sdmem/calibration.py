@@ -125,7 +125,10 @@ def _gpu_device_name(run: RunResults, what: str) -> str:
 
 def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
     """The pair of two records of one test, or why it cannot be used."""
-    memory, figures = gpu.memory or {}, estimate.estimate or {}
+    memory, estimated = gpu.memory or {}, estimate.memory or {}
+    # The estimate run's memory figures are the highest of the test's generations, as the GPU
+    # run's are; an overhead that run already applied comes off again.
+    applied = ((estimate.estimate or {}).get("overhead") or {}).get("reserved_bytes") or 0
     if gpu.outcome not in ("passed", "failed") or memory.get("num_ooms"):
         return f"the GPU run's test ended {gpu.outcome!r} or ran out of memory"
     if gpu.technique != estimate.technique:
@@ -135,8 +138,8 @@ def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
                     int(memory["peak_reserved_bytes"]),
                     None if memory.get("process_peak_bytes") is None
                     else int(memory["process_peak_bytes"]),
-                    int(figures["estimated_allocated_bytes"]),
-                    int(figures["estimated_reserved_bytes"]))
+                    int(estimated["peak_allocated_bytes"]),
+                    int(estimated["peak_reserved_bytes"]) - int(applied))
     except (KeyError, TypeError, ValueError):
         return "a figure is missing from one of the records"
     if pair.measured_allocated <= 0:

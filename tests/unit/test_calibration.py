@@ -33,13 +33,15 @@ def gpu_run(*tests: tuple[str, int, int, int | None], card: str = GPU) -> RunRes
                        "driver_version": "570.86"}, records)
 
 
-def estimate_run(*tests: tuple[str, int, int]) -> RunResults:
-    """Records of a --sdmem-estimate run: (nodeid, estimated allocated, estimated reserved)."""
+def estimate_run(*tests: tuple[str, int, int], overhead: int | None = None) -> RunResults:
+    """Records of a --sdmem-estimate run: (nodeid, estimated allocated, estimated reserved),
+    the reserved figure with ``overhead`` added if that run had one."""
     records = [
         TestRecord(nodeid=nodeid, outcome="passed", device="cuda (estimated)", model="sd15",
                    technique="fp16", estimated=True,
-                   estimate={"estimated_allocated_bytes": allocated,
-                             "estimated_reserved_bytes": reserved})
+                   memory={"peak_allocated_bytes": allocated,
+                           "peak_reserved_bytes": reserved + (overhead or 0)},
+                   estimate={"overhead": {"reserved_bytes": overhead} if overhead else None})
         for nodeid, allocated, reserved in tests
     ]
     return RunResults({"device": "cpu", "device_name": "cpu"}, records)
@@ -61,6 +63,12 @@ def test_overhead_is_the_largest_excess_over_the_estimated_reserved() -> None:
     assert calibration.overhead("process") == GIB + 650 * MIB  # b: 4.68 GiB - 3.05 GiB
     assert calibration.device_name == GPU
     assert "2 tests" in calibration.source and "torch 2.11.0+cu128" in calibration.source
+
+
+def test_an_overhead_the_estimate_run_applied_comes_off_again() -> None:
+    gpu = gpu_run(("t::a", 2 * GIB, 2 * GIB + 400 * MIB, None))
+    with_overhead = estimate_run(("t::a", 2 * GIB, 2 * GIB + 100 * MIB), overhead=250 * MIB)
+    assert calibrate(gpu, with_overhead).overhead("reserved") == 300 * MIB
 
 
 def test_a_pair_whose_allocated_figures_disagree_is_left_out_not_absorbed() -> None:
