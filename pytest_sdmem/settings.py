@@ -8,15 +8,13 @@ problem is a ``SettingsError`` whose message names the option, the value and wha
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_sdmem.memory import normalize_device
 from pytest_sdmem.units import UnitError, parse_size
-
-_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 class SettingsError(ValueError):
@@ -87,11 +85,13 @@ def _device(raw: dict[str, Any], workers: Workers, cuda: Callable[[], tuple[bool
     gpu = bool(raw.get("gpu"))
     share = bool(raw.get("sdmem_share_gpu"))
     explicit = raw.get("sdmem_device")
-    device = explicit or ("cuda:0" if gpu else "cpu")
-    if device == "cuda":
-        device = "cuda:0"
-    if not _DEVICE_RE.match(device):
-        raise SettingsError(f"--sdmem-device={device!r} is not valid: expected cpu, cuda or cuda:N")
+    try:
+        device = normalize_device(explicit or ("cuda:0" if gpu else "cpu"))
+    except ValueError:
+        device = "meta"
+    if device == "meta":  # measuring needs storage: meta is only the estimator's device
+        raise SettingsError(f"--sdmem-device={explicit!r} is not valid: expected cpu, cuda or "
+                            "cuda:N")
     if device.startswith("cuda") and not gpu:
         raise SettingsError(f"--sdmem-device={device} measures a GPU: add --gpu")
     if gpu and device == "cpu":
@@ -166,9 +166,10 @@ def build_settings(
         device=device,
         model=model,
         cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
-        # An estimate's peak does not depend on the number of steps: 2 is enough.
+        # An estimate describes the GPU run of the same test: same steps (the estimator itself
+        # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
         steps=(_positive("--sdmem-steps", steps, int) if steps is not None
-               else 2 if tiny or estimate else 25),
+               else 2 if tiny else 25),
         size=size_px,
         max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
         leak_threshold=leak_threshold,

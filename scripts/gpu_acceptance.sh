@@ -57,11 +57,11 @@ if [ -f "$outdir/results.json" ]; then
   "$python" -m pytest_sdmem.cli report "$outdir/results.json" --format md \
     -o "$outdir/table.md"
   echo "results: $outdir/results.json, table: $outdir/table.md"
-  # The same tests estimated, at the GPU run's step count (the estimator stops repeating steps
-  # itself), then the card's overhead over the estimates. Neither changes the exit status: that
-  # is the GPU tier's verdict.
+  # The same tests estimated (same generations: the estimate's defaults are the GPU run's),
+  # then the card's overhead over the estimates. Neither changes the exit status: that is the
+  # GPU tier's verdict.
   rm -f "$outdir/estimate.json" "$outdir/overhead.toml"
-  "$python" -m pytest "${plugin[@]}" --sdmem-estimate --sdmem-steps 25 tests/techniques \
+  "$python" -m pytest "${plugin[@]}" --sdmem-estimate tests/techniques \
     --sdmem-json "$outdir/estimate.json" -q "$@" > "$outdir/estimate.log" 2>&1 || true
   if [ -f "$outdir/estimate.json" ] && "$python" -m pytest_sdmem.cli calibrate \
       "$outdir/results.json" "$outdir/estimate.json" > "$outdir/overhead.toml"; then

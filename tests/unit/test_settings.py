@@ -45,6 +45,7 @@ def test_gpu_without_cuda_names_the_evidence(monkeypatch: pytest.MonkeyPatch) ->
     ("raw", "fragment"),
     [
         ({"sdmem_device": "tpu"}, "expected cpu, cuda or cuda:N"),
+        ({"sdmem_device": "meta"}, "expected cpu, cuda or cuda:N"),
         ({"sdmem_device": "cuda:0"}, "add --gpu"),
         ({"sdmem_steps": "0"}, "--sdmem-steps='0'"),
         ({"sdmem_size": "abc"}, "--sdmem-size='abc'"),
@@ -84,7 +85,7 @@ def test_estimate_for_names_a_gpu_only_for_an_estimate() -> None:
 
 def test_estimate_mode_defaults_and_conflicts() -> None:
     s = build_settings({"sdmem_estimate": True}, CACHE, no_cuda)
-    assert (s.estimate, s.model, s.device, s.steps, s.size) == (True, "sd15", "cpu", 2, 512)
+    assert (s.estimate, s.model, s.device, s.steps, s.size) == (True, "sd15", "cpu", 25, 512)
     assert s.safety_checker, "sd15 has its safety checker, as diffusers' thresholds were measured"
     assert not build_settings({}, CACHE, no_cuda).safety_checker, "tiny has none"
     assert not build_settings({"sdmem_estimate": True, "sdmem_no_safety_checker": True}, CACHE,
