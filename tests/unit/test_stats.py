@@ -3,20 +3,24 @@ verdicts at the boundaries, and the words a failure is reported in."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
+from fractions import Fraction
 
 import pytest
 
 from pytest_sdmem.stats import (
     SpeedupResult,
+    _wrong_pass_probability,
     format_percent,
     iqr,
     median,
     median_ci,
     median_ci_ranks,
     min_sample_size,
+    sequential_confidence,
     speedup_verdict,
 )
 
@@ -122,6 +126,7 @@ def _result(**changes: object) -> SpeedupResult:
         verdict="fail",
         stop_reason="verdict",
         elapsed=163.4,
+        interval_confidence=0.95,
     )
     fields.update(changes)
     return SpeedupResult(**fields)  # type: ignore[arg-type]
@@ -205,3 +210,45 @@ def test_format_percent() -> None:
         "99.9%",
         "90%",
     )
+
+
+# --- looking after every pair -----------------------------------------------------------------
+
+
+def _wrong_passes_by_enumeration(level: float, first: int, last: int) -> Fraction:
+    """Every below/above path of ``last`` ratios around a claim at the true median, one by one."""
+    wrong = 0
+    for path in itertools.product((0, 1), repeat=last):
+        for n in range(first, last + 1):
+            ranks = median_ci_ranks(n, level)
+            if ranks is not None and sum(path[:n]) <= ranks.lower:
+                wrong += 1
+                break
+    return Fraction(wrong, 2**last)
+
+
+@pytest.mark.parametrize(("level", "first", "last"), [(0.95, 6, 12), (0.9, 4, 11), (0.99, 8, 8)])
+def test_wrong_pass_probability_counts_every_path(level: float, first: int, last: int) -> None:
+    assert _wrong_pass_probability(level, first, last) == _wrong_passes_by_enumeration(
+        level, first, last)
+
+
+def test_one_interval_per_pair_would_pass_a_true_claim_three_times_too_often() -> None:
+    assert _wrong_pass_probability(0.95, 6, 6) == Fraction(1, 64)  # one look: within 2.5%
+    assert _wrong_pass_probability(0.95, 6, 30) > Fraction(6, 100)  # 30 looks: not
+
+
+@pytest.mark.parametrize("last", [6, 12, 20, 30, 40])
+def test_sequential_confidence_keeps_all_looks_within_the_ask(last: int) -> None:
+    level = sequential_confidence(0.95, 6, last)
+    assert _wrong_pass_probability(level, 6, last) <= Fraction(1, 40)
+    # The narrowest such level on its 0.0001 grid: one step lower would not keep it.
+    if level > 0.95:
+        assert _wrong_pass_probability(round(level - 0.0001, 4), 6, last) > Fraction(1, 40)
+    assert min_sample_size(level) <= 8
+
+
+def test_a_single_look_keeps_the_confidence_as_asked() -> None:
+    assert sequential_confidence(0.95, 6, 6) == 0.95
+    with pytest.raises(ValueError, match="need 1 <= first <= last"):
+        sequential_confidence(0.95, 10, 6)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pytest_sdmem import timing
+from pytest_sdmem.stats import speedup_verdict
 from pytest_sdmem.timing import (
     CLOCK_TICK,
     measure,
@@ -169,15 +170,17 @@ def test_pairs_alternate_their_order_after_warmup(clock: FakeClock) -> None:
         clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, warmup=1
     )
     assert clock.log[:2] == ["base", "test"]  # warm-up
-    assert clock.log[2:] == ["base", "test", "test", "base"] * 3
-    assert (result.verdict, result.stop_reason, result.pairs) == ("pass", "verdict", 6)
+    assert clock.log[2:] == ["base", "test", "test", "base"] * 3 + ["base", "test"]
+    # 7 pairs: the fewest with an interval at the level of each look (sequential_confidence).
+    assert (result.verdict, result.stop_reason, result.pairs) == ("pass", "verdict", 7)
+    assert (result.confidence, result.interval_confidence) == (0.95, 0.9839)
     assert (result.ratio, result.ci_low, result.ci_high) == (2.0, 2.0, 2.0)
-    assert (result.median_test, result.median_base, result.elapsed) == (1.0, 2.0, 18.0)
+    assert (result.median_test, result.median_base, result.elapsed) == (1.0, 2.0, 21.0)
 
 
 def test_a_clear_shortfall_fails_at_the_first_interval(clock: FakeClock) -> None:
     result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [2.0]), factor=3.0)
-    assert (result.verdict, result.stop_reason, result.pairs) == ("fail", "verdict", 6)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("fail", "verdict", 7)
 
 
 def test_an_undecidable_claim_is_inconclusive_within_max_time(clock: FakeClock) -> None:
@@ -189,6 +192,14 @@ def test_an_undecidable_claim_is_inconclusive_within_max_time(clock: FakeClock) 
     assert result.elapsed <= 30.0
     assert result.pairs == 9  # 27.2 s done; one more pair at the average 3.02 s would overrun
     assert "inconclusive for min_speedup 2.00x" in result.reason("none")
+
+
+def test_an_unsettled_claim_stops_at_max_pairs(clock: FakeClock) -> None:
+    result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [1.8, 2.2]),
+                             factor=2.0, max_pairs=12, max_time=1000.0)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("inconclusive", "max_pairs", 12)
+    # The looks' level is the one for 6 to 12 pairs, not for the default 30.
+    assert 0.95 < result.interval_confidence < timing.sequential_confidence(0.95, 6, 30)
 
 
 @pytest.mark.parametrize(("min_pairs", "pairs"), [(None, 6), (10, 10)])
@@ -209,7 +220,29 @@ def test_higher_confidence_needs_more_pairs(clock: FakeClock) -> None:
     result = measure_speedup(
         clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, confidence=0.99
     )
-    assert (result.verdict, result.pairs, result.confidence) == ("pass", 8, 0.99)
+    assert (result.verdict, result.pairs, result.interval_confidence) == ("pass", 10, 0.9961)
+
+
+def test_looking_after_every_pair_keeps_wrong_passes_within_the_confidence(
+    clock: FakeClock,
+) -> None:
+    """A claim exactly at the true median ratio must pass at most 2.5% of the time (the upper
+    tail of a 95% measurement), however many pairs the run looks at: 4000 simulated runs of up
+    to 30 pairs, the ratios log-normal around the claim. Judged with a 95% interval after every
+    pair instead, the same ratios pass about three times as often: the test can tell."""
+    rng = np.random.default_rng(20261125)
+    runs, claim = 4000, 2.0
+    ratios = claim * np.exp(rng.normal(0.0, 0.1, size=(runs, timing.MAX_PAIRS)))
+    passes = naive = 0
+    for row in ratios:
+        clock.now = 0.0
+        result = measure_speedup(clock.task("test", [1.0]), clock.task("base", list(row)),
+                                 factor=claim, warmup=0, max_time=1000.0)
+        passes += result.verdict == "pass"
+        verdicts = (speedup_verdict(list(row[:n]), claim, 0.95) for n in range(6, len(row) + 1))
+        naive += next((v for v in verdicts if v != "inconclusive"), None) == "pass"
+    assert passes / runs <= 0.025 + 3 * (0.025 * 0.975 / runs) ** 0.5
+    assert naive / runs > 0.05
 
 
 def test_speedup_sync_counts_queued_device_work(clock: FakeClock) -> None:
@@ -238,6 +271,7 @@ def test_zero_durations_give_a_ratio_of_one(clock: FakeClock) -> None:
         {"factor": True},
         {"factor": "2"},
         {"factor": 2.0, "min_pairs": 5},
+        {"factor": 2.0, "min_pairs": 10, "max_pairs": 9},
         {"factor": 2.0, "max_time": -1},
         {"factor": 2.0, "confidence": 0},
     ],
