@@ -5,6 +5,11 @@ architecture and parameter counts, so its memory and speed are the real model's.
 seeded random weights, are cached on disk and loaded with ``from_pretrained``.
 """
 
+from pytest_sdmem.pipelines.quiet import quiet_backend_fallbacks
+
+with quiet_backend_fallbacks():  # the pipeline's module imports transformers' image processors
+    from diffusers import StableDiffusionPipeline  # noqa: F401
+
 from pytest_sdmem.pipelines.build import build_pipeline
 from pytest_sdmem.pipelines.cache import FORMAT_VERSION, cache_key, ensure_cached
 from pytest_sdmem.pipelines.configs import (

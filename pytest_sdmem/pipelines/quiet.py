@@ -1,7 +1,9 @@
-"""Progress bars of diffusers, transformers and the hub client, off for one block only."""
+"""Progress bars of diffusers, transformers and the hub client, off for one block only; and
+transformers' notice about image processors without torchvision, off while diffusers loads."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,3 +43,22 @@ def quiet_progress_bars() -> Iterator[None]:
                 hub_utils.disable_progress_bars()
             else:
                 hub_utils.enable_progress_bars()
+
+
+@contextmanager
+def quiet_backend_fallbacks() -> Iterator[None]:
+    """Hold back transformers' one-time notice that an image processor (``CLIPImageProcessor``,
+    which the safety checker's feature extractor is) falls back to its PIL version because
+    torchvision is not installed.
+
+    The PIL version is all these pipelines need, so the notice is noise on every run that does
+    not have torchvision. Only the logger that gives it is raised to ERROR, only for the block
+    (importing diffusers' pipelines), and its level is restored; other warnings still show.
+    """
+    logger = logging.getLogger("transformers.utils.import_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -32,7 +34,7 @@ from pytest_sdmem.pipelines import (
 )
 from pytest_sdmem.pipelines import cache as cache_module
 from pytest_sdmem.pipelines.cache import MARKER_NAME, entry_name, is_complete
-from pytest_sdmem.pipelines.quiet import quiet_progress_bars
+from pytest_sdmem.pipelines.quiet import quiet_backend_fallbacks, quiet_progress_bars
 
 PROJECT_ROOT = Path(pipelines.__file__).resolve().parents[2]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -261,6 +263,18 @@ def test_reload_works_with_the_network_blocked(tiny_cache: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "offline-ok" in done.stdout
+    # A fresh process without torchvision: transformers' fallback notice is held back.
+    if importlib.util.find_spec("torchvision") is None:
+        assert "requires torchvision" not in done.stderr, done.stderr[-3000:]
+
+
+def test_backend_fallback_notices_are_held_back_for_the_block_only() -> None:
+    logger = logging.getLogger("transformers.utils.import_utils")
+    before = logger.level
+    with quiet_backend_fallbacks():
+        assert not logger.isEnabledFor(logging.WARNING)
+        assert logger.isEnabledFor(logging.ERROR)
+    assert logger.level == before
 
 
 def _copy_entry(tiny_cache: Path, target_dir: Path) -> Path:
