@@ -10,6 +10,7 @@ compared with the reason, because a silent cross-card comparison would gate on n
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,8 +72,9 @@ def record_key(record: TestRecord) -> RecordKey:
 
 
 def _number(section: dict[str, Any] | None, name: str) -> float | None:
+    """The finite number under ``name``, or None (absent, not a number, infinite, NaN)."""
     value = (section or {}).get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
 
@@ -377,6 +379,26 @@ _SECTION_NUMBERS: dict[str, dict[str, bool]] = {
 }
 
 
+def _estimate_problem(record: TestRecord) -> str | None:
+    """What is wrong with a record's estimate fields (read by the table and the calibration)."""
+    if not isinstance(record.estimated, bool):
+        return "estimated is not true or false"
+    if record.estimate is None:
+        return None
+    if not isinstance(record.estimate, dict):
+        return "estimate is not an object"
+    overhead = record.estimate.get("overhead")
+    if overhead is None:
+        return None
+    if not isinstance(overhead, dict):
+        return "estimate.overhead is not an object"
+    for key in ("reserved_bytes", "process_bytes"):
+        value = _number(overhead, key)
+        if overhead.get(key) is not None and (value is None or value < 0):
+            return f"estimate.overhead.{key} is not a number of bytes"
+    return None
+
+
 def _record_problem(run: RunResults) -> str | None:
     """The first record field that the comparison or the reports could not read, if any."""
     for i, record in enumerate(run.results):
@@ -399,6 +421,8 @@ def _record_problem(run: RunResults) -> str | None:
                     value is not None and _number(section, key) is None
                 ):
                     return f"{where}.{name}.{key} is not a number"
+        if (problem := _estimate_problem(record)) is not None:
+            return f"{where}.{problem}"
         if not isinstance(record.verdicts, list) or not all(
             isinstance(v, dict) and isinstance(v.get("kind"), str) for v in record.verdicts
         ):

@@ -17,7 +17,6 @@ the overhead would hide it behind a bigger constant.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_sdmem.baseline import load_results
-from pytest_sdmem.budgets import OVERHEAD_METRICS, load_budgets
+from pytest_sdmem.budgets import OVERHEAD_METRICS, BudgetError, load_budgets
 from pytest_sdmem.results import RunResults, TestRecord
 from pytest_sdmem.units import format_size
 
@@ -39,6 +38,28 @@ _MIB = 1024**2
 
 class CalibrationError(ValueError):
     """The two runs cannot calibrate an overhead; the message says why."""
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quotes, backslashes and control characters escaped
+    (JSON's escapes are not TOML's: it has no surrogate pairs)."""
+    if any(0xD800 <= ord(ch) < 0xE000 for ch in text):
+        raise CalibrationError(f"{text!r} is not valid text (a lone surrogate): not a GPU name")
+    return '"' + "".join(_escape(ch) for ch in text) + '"'
+
+
+def _escape(ch: str) -> str:
+    if ch in '"\\':
+        return "\\" + ch
+    if ord(ch) < 0x20 or ord(ch) == 0x7F:
+        return f"\\u{ord(ch):04x}"
+    return ch
+
+
+def _comment(text: str) -> str:
+    """``text`` safe inside a TOML comment: one line, no control characters."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return "".join(" " if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text)
 
 
 @dataclass(frozen=True)
@@ -84,7 +105,7 @@ class Calibration:
         Figures are rounded up to the MiB, so the stored overhead is never below the measured.
         """
         lines = [
-            f"# Calibrated by sdmem calibrate from {self.source}.",
+            f"# Calibrated by sdmem calibrate from {_comment(self.source)}.",
             "# overhead = max over the pairs of (measured figure - estimated reserved), >= 0.",
             "# test: allocated measured / estimated (error); reserved measured / estimated; "
             "process measured",
@@ -92,12 +113,13 @@ class Calibration:
         for pair in self.pairs:
             process = format_size(pair.measured_process) if pair.measured_process else "-"
             lines.append(
-                f"#   {pair.nodeid}: {format_size(pair.measured_allocated)} / "
+                f"#   {_comment(pair.nodeid)}: {format_size(pair.measured_allocated)} / "
                 f"{format_size(pair.estimated_allocated)} ({pair.allocated_error:+.1%}); "
                 f"{format_size(pair.measured_reserved)} / {format_size(pair.estimated_reserved)}"
                 f"; {process}")
-        lines += [f"#   left out: {nodeid}: {why}" for nodeid, why in self.excluded]
-        lines.append(f"[overhead.{json.dumps(self.device_name)}]")
+        lines += [f"#   left out: {_comment(nodeid)}: {_comment(why)}"
+                  for nodeid, why in self.excluded]
+        lines.append(f"[overhead.{_toml_string(self.device_name)}]")
         for metric in OVERHEAD_METRICS:
             value = self.overhead(metric)
             if value is None:
@@ -106,10 +128,22 @@ class Calibration:
             else:
                 excesses = [e for p in self.pairs if (e := p.excess(metric)) is not None]
                 mib = math.ceil(value / _MIB)
-                lines.append(f"{metric} = {json.dumps(f'{mib} MiB') if mib else 0}"
+                lines.append(f"{metric} = {_toml_string(f'{mib} MiB') if mib else 0}"
                              f"  # median excess {format_size(statistics.median(excesses))}")
-        lines.append(f"calibrated = {json.dumps(f'sdmem calibrate, {self.source}')}")
+        lines.append(f"calibrated = {_toml_string(f'sdmem calibrate, {self.source}')}")
         return "\n".join(lines) + "\n"
+
+
+def _by_nodeid(records: list[TestRecord], what: str) -> dict[str, TestRecord]:
+    """Records by test id; a test listed twice (a hand-merged file) is refused: which of its
+    figures would count is a guess."""
+    by_nodeid: dict[str, TestRecord] = {}
+    for record in records:
+        if record.nodeid in by_nodeid:
+            raise CalibrationError(f"{what} lists {record.nodeid!r} twice: calibrate from the "
+                                   "results file of one run")
+        by_nodeid[record.nodeid] = record
+    return by_nodeid
 
 
 def _gpu_device_name(run: RunResults, what: str) -> str:
@@ -129,8 +163,10 @@ def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
     # The estimate run's memory figures are the highest of the test's generations, as the GPU
     # run's are; an overhead that run already applied comes off again.
     applied = ((estimate.estimate or {}).get("overhead") or {}).get("reserved_bytes") or 0
-    if gpu.outcome not in ("passed", "failed") or memory.get("num_ooms"):
-        return f"the GPU run's test ended {gpu.outcome!r} or ran out of memory"
+    if gpu.outcome not in ("passed", "failed"):
+        return f"the GPU run's test ended {gpu.outcome!r}"
+    if memory.get("num_ooms"):
+        return "the GPU run's test ran out of memory: its peak is not the generation's"
     if gpu.technique != estimate.technique:
         return f"technique {gpu.technique!r} on the GPU, {estimate.technique!r} estimated"
     try:
@@ -140,7 +176,7 @@ def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
                     else int(memory["process_peak_bytes"]),
                     int(estimated["peak_allocated_bytes"]),
                     int(estimated["peak_reserved_bytes"]) - int(applied))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return "a figure is missing from one of the records"
     if pair.measured_allocated <= 0:
         return "the GPU run measured no allocation"
@@ -156,7 +192,9 @@ def calibrate(gpu_run: RunResults, estimate_run: RunResults,
               ) -> Calibration:
     """Pair the tests of a real GPU run with their estimates and take the overhead per metric."""
     device_name = _gpu_device_name(gpu_run, gpu_label)
-    estimates = {r.nodeid: r for r in estimate_run.results if r.estimated and r.estimate}
+    _by_nodeid(gpu_run.results, gpu_label)
+    estimates = {nodeid: r for nodeid, r in _by_nodeid(estimate_run.results, estimate_label).items()
+                 if r.estimated and r.estimate}
     if not estimates:
         raise CalibrationError(f"{estimate_label} has no estimated test: run the same tests "
                                "with --sdmem-estimate --sdmem-json")
@@ -184,10 +222,14 @@ def append_to_budgets(path: Path, calibration: Calibration) -> None:
     """Append the overhead table to the budgets file ``path``, keeping everything in it.
 
     Refused when the file already has an overhead for that GPU (replace it by hand: the old
-    figure is someone's record), and written atomically, after the result validated: the file
-    is either the old one or the old one plus a valid table.
+    figure is someone's record) or is not writable, and written atomically, after the result
+    validated: the file is either the old one or the old one plus a valid table. A symbolic
+    link stays one: its target is what changes.
     """
+    path = path.resolve()
     budgets = load_budgets(path)
+    if not os.access(path, os.W_OK):
+        raise CalibrationError(f"{path} is not writable: the table was not appended")
     if budgets.overhead(calibration.device_name) is not None:
         raise CalibrationError(f"{path} already has an overhead for {calibration.device_name!r};"
                                " remove that table first to replace it")
@@ -200,7 +242,12 @@ def append_to_budgets(path: Path, calibration: Calibration) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         shutil.copymode(path, tmp)
-        load_budgets(tmp)
+        try:
+            load_budgets(tmp)
+        except BudgetError as exc:
+            raise CalibrationError(f"{path} plus the new table would not be a valid budgets "
+                                   f"file, so nothing was written: "
+                                   f"{str(exc).replace(tmp, str(path))}") from None
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

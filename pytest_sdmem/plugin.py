@@ -76,6 +76,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", doc if doc.startswith(name) else f"{name}: {doc}")
     raw = {opt.dest: resolve(config, opt.dest) for opt in OPTIONS}
+    if not raw["sdmem_estimate"] and config.getoption("sdmem_estimate_for") is None:
+        raw["sdmem_estimate_for"] = None  # an ini default for estimate runs; the flag alone errs
     default_budgets = config.rootpath / DEFAULT_BUDGETS
     if raw["sdmem_budgets"] is None and default_budgets.is_file():
         raw["sdmem_budgets"] = str(default_budgets)
@@ -145,6 +147,7 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
     if settings.estimate:
         state.measured = "sd_pipe" in fixturenames
         state.overhead = hooks.overhead
+        state.estimate_for = settings.estimate_for
     else:
         state.measured = bool(state.max_vram or state.min_speedup
                               or {"sd_pipe", "cuda_mem_tracker"} & fixturenames)
@@ -235,10 +238,14 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
     overhead = state.overhead
     extra = overhead.for_metric(spec.metric) if overhead is not None else None
     if overhead is None or extra is None:
-        where = (f"the budgets file has no {spec.metric!r} overhead for {overhead.device_name!r}"
-                 if overhead is not None else
-                 "name that GPU with --sdmem-estimate-for, with its [overhead.\"GPU NAME\"] "
-                 "table in the budgets file")
+        if state.estimate_for is None:
+            where = ("name that GPU with --sdmem-estimate-for, with its [overhead.\"GPU NAME\"] "
+                     "table in the budgets file")
+        elif overhead is None:
+            where = f"the budgets file has no [overhead.{state.estimate_for!r}] table"
+        else:
+            where = (f"the budgets file's [overhead.{state.estimate_for!r}] table has no "
+                     f"{spec.metric!r} figure")
         return VramVerdict(spec, report, error=(
             f"an estimate's {spec.metric!r} figure needs the calibrated overhead of the GPU it "
             f"stands for (the CUDA context, cuBLAS/cuDNN workspaces, the allocator's slack: "

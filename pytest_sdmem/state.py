@@ -38,6 +38,7 @@ class TestState:
     recorder: Any = None
     snapshot: Any = None
     overhead: Overhead | None = None
+    estimate_for: str | None = None
 
     def budget_report(self) -> MemoryReport | None:
         """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate

@@ -151,7 +151,8 @@ def sequential_confidence(confidence: float, first: int, last: int) -> float:
     the true median ratio with probability at most ``(1 - confidence) / 2``: the same error as
     a single interval at ``confidence``.
 
-    The smallest such level on a grid of 0.0001 (rounded up, so never below what is needed).
+    The smallest such level on a grid of 0.0001 (finer for a confidence of 99.9% or more),
+    rounded up, so never below what is needed.
     At 95%: 97.76% for pairs 6 to 20, 98.39% for 6 to 30, 98.44% for 6 to 40.
     """
     check_confidence(confidence)
@@ -160,7 +161,8 @@ def sequential_confidence(confidence: float, first: int, last: int) -> float:
     allowed = (1 - Fraction(str(float(confidence)))) / 2
     if _wrong_pass_probability(confidence, first, last) <= allowed:
         return confidence  # e.g. a single look
-    grid = 10_000
+    # Steps of 0.0001 at 95%; finer for a confidence of 99.9% and above (100 steps per 1 - it).
+    grid = 10 ** max(4, math.ceil(-math.log10(1 - confidence)) + 2)
     low, high = math.floor(confidence * grid), grid - 1  # levels low/grid fail or are the ask
     if _wrong_pass_probability(high / grid, first, last) > allowed:
         raise ValueError(f"no interval level keeps {last - first + 1} looks within "
@@ -298,10 +300,10 @@ class SpeedupResult:
             if self.ci_low is None
             else f"the interval still contains {self.factor:.2f}x"
         )
-        return (
-            f"{head} inconclusive for {claim}: {unsettled} after "
-            f"{format_duration(self.elapsed)} ({medians})"
-        )
+        after = format_duration(self.elapsed)
+        if self.stop_reason == "max_pairs":  # more time would not help: say so
+            after = f"{self.pairs} pairs, the most a measurement runs ({after})"
+        return f"{head} inconclusive for {claim}: {unsettled} after {after} ({medians})"
 
     def section(self) -> str:
         """Per-pair times for a failure report: the evidence behind the one-line reason."""

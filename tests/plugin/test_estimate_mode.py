@@ -157,3 +157,16 @@ def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
     unknown = pytester.runpytest(*args, "--sdmem-estimate-for=NVIDIA Other")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines([f"*'NVIDIA Other'*neither budgets nor an overhead*'{card}'*"])
+
+    # A GPU with budgets but no overhead: the reserved budget says which table is missing.
+    with budgets.open("a") as fh:
+        fh.write('\n["NVIDIA Budgets Only"]\nunused = "2 GB"\n')
+    no_overhead = pytester.runpytest(*args, "--sdmem-estimate-for=NVIDIA Budgets Only")
+    no_overhead.assert_outcomes(passed=1, failed=1)
+    no_overhead.stdout.fnmatch_lines(["*could not be checked*the budgets file has no "
+                                      "[[]overhead.'NVIDIA Budgets Only'[]] table*"])
+
+    # The ini key is a default for estimate runs: a measured run ignores it.
+    pytester.makeini(f"[pytest]\nsdmem_estimate_for = {card}\n")
+    measured = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "-k", "allocated")
+    measured.assert_outcomes(passed=1, deselected=1)

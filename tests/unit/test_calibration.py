@@ -7,6 +7,8 @@ tests/plugin/test_estimate_mode.py pairs real estimates end to end.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,64 @@ def test_the_command_prints_a_table_the_budgets_file_reads(tmp_path: Path, capsy
     (tmp_path / "bad.json").write_text("{")
     assert main(["calibrate", str(tmp_path / "bad.json"), str(est_path)]) == 2
     assert "GPU run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("card", ["NVIDIA 😀", 'A "quoted" \\ name', "NVIDIA\x7fX",
+                                  "NVIDIA\nreserved = 0", "NVIDIA\x01X"])
+def test_any_gpu_name_and_environment_give_a_table_the_budgets_file_reads(
+    tmp_path: Path, card: str
+) -> None:
+    gpu = gpu_run(("t::a", 2 * GIB, 3 * GIB, None), card=card)
+    gpu.environment["torch"] = "2.11\n[default]\nx = 1"
+    budgets_path = tmp_path / "budgets.toml"
+    budgets_path.write_text('[default]\nx = "1 GB"\n')
+    append_to_budgets(budgets_path, calibrate(gpu, ESTIMATES))
+    overhead = load_budgets(budgets_path).overhead(card)
+    assert overhead is not None and overhead.reserved == GIB - 100 * MIB
+    assert "[default]\nx = 1" in overhead.calibrated  # kept as text, never as TOML
+
+
+def test_a_test_listed_twice_is_refused() -> None:
+    twice = estimate_run(("t::a", 2 * GIB, 2 * GIB), ("t::a", 2 * GIB, 3 * GIB))
+    with pytest.raises(CalibrationError, match="lists 't::a' twice"):
+        calibrate(gpu_run(("t::a", 2 * GIB, 3 * GIB, None)), twice)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("estimate", [1], r"results\[0\]\.estimate is not an object"),
+    ("estimate", {"overhead": [1]}, r"estimate\.overhead is not an object"),
+    ("estimate", {"overhead": {"reserved_bytes": float("inf")}}, "reserved_bytes is not a number"),
+    ("estimate", {"overhead": {"reserved_bytes": -5}}, "reserved_bytes is not a number"),
+    ("estimated", "yes", "estimated is not true or false"),
+    ("memory", {"peak_allocated_bytes": float("inf")}, "peak_allocated_bytes is not a number"),
+])
+def test_malformed_estimate_fields_are_bad_input_not_a_traceback(
+    tmp_path: Path, capsys, field: str, value: object, message: str
+) -> None:
+    gpu_path = gpu_run(("t::a", 2 * GIB, 3 * GIB, None)).write(tmp_path / "gpu.json")
+    broken = estimate_run(("t::a", 2 * GIB, 2 * GIB))
+    setattr(broken.results[0], field, value)
+    est_path = broken.write(tmp_path / "est.json")
+    assert main(["calibrate", str(gpu_path), str(est_path)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert main(["report", str(est_path)]) == 2
+
+
+def test_appending_through_a_symbolic_link_keeps_the_link(tmp_path: Path) -> None:
+    target = tmp_path / "real.toml"
+    target.write_text('[default]\nx = "1 GB"\n')
+    link = tmp_path / "budgets.toml"
+    link.symlink_to(target)
+    append_to_budgets(link, calibrate(gpu_run(("t::a", 2 * GIB, 3 * GIB, None)), ESTIMATES))
+    assert link.is_symlink() and load_budgets(target).overhead(GPU) is not None
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_a_read_only_budgets_file_is_left_alone(tmp_path: Path) -> None:
+    budgets_path = tmp_path / "budgets.toml"
+    budgets_path.write_text('[default]\nx = "1 GB"\n')
+    budgets_path.chmod(0o444)
+    with pytest.raises(CalibrationError, match="is not writable"):
+        append_to_budgets(budgets_path,
+                          calibrate(gpu_run(("t::a", 2 * GIB, 3 * GIB, None)), ESTIMATES))
+    assert budgets_path.read_text() == '[default]\nx = "1 GB"\n'

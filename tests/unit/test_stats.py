@@ -252,3 +252,15 @@ def test_a_single_look_keeps_the_confidence_as_asked() -> None:
     assert sequential_confidence(0.95, 6, 6) == 0.95
     with pytest.raises(ValueError, match="need 1 <= first <= last"):
         sequential_confidence(0.95, 10, 6)
+
+
+def test_a_very_high_confidence_gets_a_finer_level() -> None:
+    level = sequential_confidence(0.9999, 15, 30)
+    assert 0.9999 < level < 1
+    assert _wrong_pass_probability(level, 15, 30) <= (1 - Fraction("0.9999")) / 2
+
+
+def test_an_inconclusive_run_at_the_pair_limit_says_more_time_would_not_help() -> None:
+    line = _result(factor=2.3, verdict="inconclusive", stop_reason="max_pairs", pairs=30,
+                   ratios=(2.31,) * 30).reason("none")
+    assert "the interval still contains 2.30x after 30 pairs, the most a measurement runs " in line
