@@ -47,6 +47,7 @@ from pytest_sdmem.verdicts import (
 )
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
+MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
 SESSION = pytest.StashKey["SessionHooks"]()
 
 
@@ -110,8 +111,8 @@ def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -
             return f"the min_speedup baseline {baseline.expr!r} cannot run: " + "; ".join(missing)
     if not settings.estimate:
         return None
-    if state.min_speedup is not None:
-        return "min_speedup needs real timings: skipped with --sdmem-estimate"
+    if state.min_speedup is not None and state.max_vram is None:
+        return MIN_SPEEDUP_NEEDS_TIMINGS
     if "cuda_mem_tracker" in fixturenames:
         return "cuda_mem_tracker blocks measure a real device: skipped with --sdmem-estimate"
     if state.max_vram is not None and "sd_pipe" not in fixturenames:
@@ -185,9 +186,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     settings = item.config.stash[SETTINGS]
     if settings.estimate:
         try:
-            return (yield)
+            result = yield
         except NeedsRealRun as exc:
             pytest.skip(str(exc))
+        if state.min_speedup is not None:
+            # Its memory budget was estimated (judged in makereport); its speed cannot be.
+            pytest.skip(MIN_SPEEDUP_NEEDS_TIMINGS)
+        return result
     tracker = MemoryTracker(get_backend(settings.device))
     tracker.start()
     if settings.snapshot_dir is not None and state.max_vram is not None:

@@ -31,6 +31,16 @@ def test_budgets_against_the_estimate(pytester: pytest.Pytester, model_cache: Pa
         def test_speed(sd_pipe):
             sd_pipe()
 
+        @pytest.mark.max_vram("1GB")
+        @pytest.mark.min_speedup(1.5)
+        def test_speed_and_memory(sd_pipe):
+            sd_pipe()
+
+        @pytest.mark.max_vram("1KB")
+        @pytest.mark.min_speedup(1.5)
+        def test_speed_and_too_much_memory(sd_pipe):
+            sd_pipe()
+
         @pytest.mark.sd_technique("jit_trace")
         def test_traced(sd_pipe):
             sd_pipe()
@@ -42,10 +52,13 @@ def test_budgets_against_the_estimate(pytester: pytest.Pytester, model_cache: Pa
     )
     result = pytester.runpytest("--sdmem-estimate", "--sdmem-model=tiny", "-rA", "-vv",
                                 f"--sdmem-cache-dir={model_cache}", "--sdmem-json=r.json")
-    result.assert_outcomes(passed=1, failed=1, skipped=4)
+    result.assert_outcomes(passed=1, failed=2, skipped=5)
     result.stdout.fnmatch_lines_random([
         "VRAM *test_too_small - peak VRAM * (allocated, cuda (estimated)*) exceeded max_vram "
         "1.00 KB*",
+        # A speed claim is skipped, but its memory budget is still estimated.
+        "VRAM *test_speed_and_too_much_memory - peak VRAM * exceeded max_vram 1.00 KB*",
+        "SKIPPED *min_speedup needs real timings* (its peak VRAM * within max_vram 1.00 GB)",
         "SKIPPED *the images of an estimated generation have no pixels*",
         "SKIPPED *min_speedup needs real timings*",
         "SKIPPED *cannot estimate 'jit_trace'*",
