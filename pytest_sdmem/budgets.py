@@ -69,8 +69,20 @@ class Budget:
     text: str
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
-    """The file's tables, or a BudgetError saying why it cannot be read."""
+def read_budgets_text(path: Path) -> str:
+    """The file's text, or a BudgetError saying why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BudgetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BudgetError(f"budgets file {path} is not UTF-8 text: {exc}") from exc
+
+
+def _parse_toml(text: str, path: Path) -> dict[str, Any]:
+    """The tables of ``text`` (the content of ``path``), or a BudgetError saying why not."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
@@ -82,13 +94,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
                 "(pip install tomli)"
             ) from None
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BudgetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from exc
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BudgetError(f"budgets file {path} is not UTF-8 text: {exc}") from exc
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BudgetError(f"budgets file {path} is not valid TOML: {exc}") from exc
 
@@ -231,7 +237,13 @@ class Budgets:
 def load_budgets(path: Path | str) -> Budgets:
     """Read and validate a budgets file (see the module docstring for its layout)."""
     path = Path(path)
-    tables = _load_toml(path)
+    return parse_budgets(read_budgets_text(path), path)
+
+
+def parse_budgets(text: str, path: Path) -> Budgets:
+    """Validate ``text`` as the budgets file ``path`` (named in every error), without writing
+    it: what a tool about to change the file checks first."""
+    tables = _parse_toml(text, path)
     stray = sorted(name for name, value in tables.items() if not isinstance(value, dict))
     if stray:
         raise BudgetError(

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytest_sdmem.atomic import write_atomic
 from pytest_sdmem.baseline import load_results
-from pytest_sdmem.budgets import OVERHEAD_METRICS, BudgetError, load_budgets
+from pytest_sdmem.budgets import (
+    OVERHEAD_METRICS,
+    BudgetError,
+    parse_budgets,
+    read_budgets_text,
+)
 from pytest_sdmem.results import RunResults, TestRecord
 from pytest_sdmem.units import format_size
 
@@ -222,36 +226,27 @@ def append_to_budgets(path: Path, calibration: Calibration) -> None:
     """Append the overhead table to the budgets file ``path``, keeping everything in it.
 
     Refused when the file already has an overhead for that GPU (replace it by hand: the old
-    figure is someone's record) or is not writable, and written atomically, after the result
-    validated: the file is either the old one or the old one plus a valid table. A symbolic
-    link stays one: its target is what changes.
+    figure is someone's record) or is not writable. The new content is validated before it is
+    written, and written atomically with the file's mode: the file is either the old one or the
+    old one plus a valid table. A symbolic link stays one: its target is what changes.
     """
     path = path.resolve()
-    budgets = load_budgets(path)
-    if not os.access(path, os.W_OK):
-        raise CalibrationError(f"{path} is not writable: the table was not appended")
-    if budgets.overhead(calibration.device_name) is not None:
+    old = read_budgets_text(path)
+    if parse_budgets(old, path).overhead(calibration.device_name) is not None:
         raise CalibrationError(f"{path} already has an overhead for {calibration.device_name!r};"
                                " remove that table first to replace it")
-    text = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + calibration.to_toml()
+    if not os.access(path, os.W_OK):
+        raise CalibrationError(f"{path} is not writable: the table was not appended")
+    text = old.rstrip("\n") + "\n\n" + calibration.to_toml()
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        parse_budgets(text, path)
+    except BudgetError as exc:
+        raise CalibrationError(f"{path} plus the new table would not be a valid budgets file, "
+                               f"so nothing was written: {exc}") from None
+    try:
+        write_atomic(path, text, mode=path.stat().st_mode & 0o7777)
     except OSError as exc:
-        raise CalibrationError(f"cannot write beside {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        shutil.copymode(path, tmp)
-        try:
-            load_budgets(tmp)
-        except BudgetError as exc:
-            raise CalibrationError(f"{path} plus the new table would not be a valid budgets "
-                                   f"file, so nothing was written: "
-                                   f"{str(exc).replace(tmp, str(path))}") from None
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise CalibrationError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def calibrate_files(gpu_path: Path, estimate_path: Path) -> Calibration:

@@ -23,13 +23,13 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
+from pytest_sdmem.atomic import write_atomic
 from pytest_sdmem.memory import get_backend
 from pytest_sdmem.units import format_size
 
@@ -559,21 +559,9 @@ class CudaSnapshotRecorder(SnapshotRecorder):
         )
         path = Path(directory) / snapshot_file_name(nodeid)
         try:
-            report.path = _write_pickle(snapshot, path)
+            report.path = write_atomic(path, pickle.dumps(snapshot))
         except OSError as exc:
             report.notes.append(f"could not write the snapshot to {path}: {exc}")
         return report
 
 
-def _write_pickle(obj: Any, path: Path) -> Path:
-    """Write ``obj`` to ``path`` through a temporary file, so a crash leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path

@@ -96,7 +96,9 @@ def test_the_table_round_trips_through_the_budgets_file(tmp_path: Path) -> None:
         gpu_run(("t::a", 2 * GIB, 2 * GIB + 100 * MIB + 300 * MIB + 1, 3 * GIB)), ESTIMATES)
     budgets_path = tmp_path / "budgets.toml"
     budgets_path.write_text('# our budgets\n[default]\nx = "1 GB"  # keep me\n')
+    budgets_path.chmod(0o640)
     append_to_budgets(budgets_path, calibration)
+    assert budgets_path.stat().st_mode & 0o777 == 0o640  # the file's own mode, kept
     text = budgets_path.read_text()
     assert text.startswith('# our budgets\n[default]\nx = "1 GB"  # keep me\n\n')
     overhead = load_budgets(budgets_path).overhead(GPU)
