@@ -52,18 +52,21 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(_escape(ch) for ch in text) + '"'
 
 
+def _is_control(ch: str) -> bool:
+    """A character TOML allows neither raw in a string nor in a comment."""
+    return ord(ch) < 0x20 or ord(ch) == 0x7F
+
+
 def _escape(ch: str) -> str:
     if ch in '"\\':
         return "\\" + ch
-    if ord(ch) < 0x20 or ord(ch) == 0x7F:
-        return f"\\u{ord(ch):04x}"
-    return ch
+    return f"\\u{ord(ch):04x}" if _is_control(ch) else ch
 
 
 def _comment(text: str) -> str:
     """``text`` safe inside a TOML comment: one line, no control characters."""
     text = text.encode("utf-8", "replace").decode("utf-8")
-    return "".join(" " if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in text)
+    return "".join(" " if _is_control(ch) else ch for ch in text)
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,14 @@ class Calibration:
     pairs: list[Pair]
     excluded: list[tuple[str, str]] = field(default_factory=list)
 
+    def excesses(self, metric: str) -> list[int]:
+        """Each pair's excess of ``metric`` over the estimated reserved memory, where measured."""
+        return [e for pair in self.pairs if (e := pair.excess(metric)) is not None]
+
     def overhead(self, metric: str) -> int | None:
         """The largest excess over the pairs, never below zero; None when no pair has the
         figure (``process`` needs NVML on the GPU run)."""
-        excesses = [e for pair in self.pairs if (e := pair.excess(metric)) is not None]
+        excesses = self.excesses(metric)
         return max(0, *excesses) if excesses else None
 
     def to_toml(self) -> str:
@@ -130,10 +137,10 @@ class Calibration:
                 lines.append(f"# {metric}: not measured (the GPU run has no process figures: "
                              "it needs nvidia-ml-py, pip install pytest-sdmem[nvml])")
             else:
-                excesses = [e for p in self.pairs if (e := p.excess(metric)) is not None]
                 mib = math.ceil(value / _MIB)
+                median = statistics.median(self.excesses(metric))
                 lines.append(f"{metric} = {_toml_string(f'{mib} MiB') if mib else 0}"
-                             f"  # median excess {format_size(statistics.median(excesses))}")
+                             f"  # median excess {format_size(median)}")
         lines.append(f"calibrated = {_toml_string(f'sdmem calibrate, {self.source}')}")
         return "\n".join(lines) + "\n"
 
@@ -196,7 +203,7 @@ def calibrate(gpu_run: RunResults, estimate_run: RunResults,
               ) -> Calibration:
     """Pair the tests of a real GPU run with their estimates and take the overhead per metric."""
     device_name = _gpu_device_name(gpu_run, gpu_label)
-    _by_nodeid(gpu_run.results, gpu_label)
+    measured = _by_nodeid(gpu_run.results, gpu_label)
     estimates = {nodeid: r for nodeid, r in _by_nodeid(estimate_run.results, estimate_label).items()
                  if r.estimated and r.estimate}
     if not estimates:
@@ -204,7 +211,7 @@ def calibrate(gpu_run: RunResults, estimate_run: RunResults,
                                "with --sdmem-estimate --sdmem-json")
     pairs: list[Pair] = []
     excluded: list[tuple[str, str]] = []
-    for gpu in gpu_run.results:
+    for gpu in measured.values():
         if gpu.nodeid not in estimates or not gpu.memory or gpu.estimated:
             continue
         pair = _pair(gpu, estimates[gpu.nodeid])

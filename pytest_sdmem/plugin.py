@@ -44,6 +44,7 @@ from pytest_sdmem.verdicts import (
     Verdict,
     VramVerdict,
     is_out_of_memory,
+    metric_value,
 )
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
@@ -226,7 +227,7 @@ def _vram_verdict(state: TestState, excinfo: Any) -> VramVerdict | None:
         return None
     if excinfo is not None and is_out_of_memory(excinfo.value):
         return VramVerdict(spec, report, oom=str(excinfo.value))
-    if getattr(state.sd_pipe, "estimates", None) and spec.metric != "allocated":
+    if state.estimates and spec.metric != "allocated":
         return _estimate_verdict(state, spec, report)
     if spec.metric == "process" and report.process_peak is None:
         return VramVerdict(spec, report, error="the 'process' metric is not available here: "
@@ -257,7 +258,7 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
             f"what the simulation cannot see); {where}. Calibrate it from a GPU run with "
             "'sdmem calibrate' (README: 'Reserved and process budgets on an estimate'), or "
             "budget metric='allocated'"))
-    estimate = (report.process_peak if spec.metric == "process" else report.peak_reserved) - extra
+    estimate = metric_value(report, spec.metric) - extra
     return VramVerdict(spec, report, note=(
         f"estimated {format_size(estimate)} + overhead {format_size(extra)} of "
         f"{overhead.device_name!r}, calibrated: {overhead.calibrated}"))
@@ -297,13 +298,12 @@ def _latency(state: TestState) -> dict[str, Any] | None:
 
 def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
     settings = item.config.stash[SETTINGS]
-    estimates = getattr(state.sd_pipe, "estimates", None)
     return TestRecord(
         nodeid=item.nodeid,
         estimated=settings.estimate,
-        estimate=({**estimates[-1].to_dict(),
+        estimate=({**state.estimates[-1].to_dict(),
                    "overhead": state.overhead.to_dict() if state.overhead else None}
-                  if estimates else None),
+                  if state.estimates else None),
         device=report.device if report else settings.device,
         device_name=report.device_name if report else "",
         model=settings.model if state.technique is not None else None,
@@ -375,7 +375,7 @@ def _judge_estimate_of_skipped(state: TestState, rep: pytest.TestReport) -> None
     ``--sdmem-estimate``, but its budget was estimated: an estimate over budget still fails it
     (a skip must not hide a regression), and one within says so in the skip reason."""
     vram = _vram_verdict(state, None)
-    if vram is None or not getattr(state.sd_pipe, "estimates", None):
+    if vram is None or not state.estimates:
         return
     if not vram.passed:
         rep.outcome = "failed"

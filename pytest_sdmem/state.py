@@ -40,14 +40,19 @@ class TestState:
     overhead: Overhead | None = None
     estimate_for: str | None = None
 
+    @property
+    def estimates(self) -> list[Any]:
+        """The estimates of the test's generations (``--sdmem-estimate``); empty otherwise."""
+        return getattr(self.sd_pipe, "estimates", None) or []
+
     def budget_report(self) -> MemoryReport | None:
         """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate
         (reserved and process with the calibrated overhead of the GPU it stands for); else the
         highest tracker block if the test used any (it chose what to measure), else its whole
         call."""
-        estimates = getattr(self.sd_pipe, "estimates", None)
-        if estimates:  # --sdmem-estimate: the estimated CUDA peak of each generation
-            return MemoryReport.merge_max(e.to_memory_report(self.overhead) for e in estimates)
+        if self.estimates:  # --sdmem-estimate: the estimated CUDA peak of each generation
+            return MemoryReport.merge_max(e.to_memory_report(self.overhead)
+                                          for e in self.estimates)
         blocks = [report for tracker in self.trackers for report in tracker.reports]
         if blocks:
             return MemoryReport.merge_max(blocks)
