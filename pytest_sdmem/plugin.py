@@ -69,6 +69,18 @@ def runs_tests(workers: Workers) -> bool:
     return workers.index is not None or workers.count == 0
 
 
+def machine_action(problem: str | None, settings: Settings, workers: Workers) -> str | None:
+    """What a machine check's ``problem`` does to the session: "refuse" (``--sdmem-exclusive``:
+    the xdist controller refuses before any worker starts), "warn" (once, by the process that
+    measures), or None (no problem; or ``--sdmem-share-gpu``, where the other workers are on
+    the card by design and the check is only recorded)."""
+    if problem is None or settings.share_gpu:
+        return None
+    if settings.exclusive:
+        return "refuse"
+    return "warn" if runs_tests(workers) else None
+
+
 def warms_up(settings: Settings, workers: Workers) -> bool:
     """Whether this process warms its CUDA device up before the first test (see
     ``memory.cuda.warm_up``): only a process that measures on a real GPU."""
@@ -575,17 +587,28 @@ class SessionHooks:
         Under ``--sdmem-share-gpu`` the other workers are there by design: only recorded."""
         import torch
 
-        from pytest_sdmem.memory.cuda import check_machine, device_index, load_nvml
+        from pytest_sdmem.memory.cuda import (
+            MachineCheck,
+            check_machine,
+            device_index,
+            load_nvml,
+        )
 
+        device = self.settings.device
         own = {os.getpid()} | ({os.getppid()} if workers.index is not None else set())
-        nvml_index = torch.cuda._get_nvml_device_index(device_index(self.settings.device))
-        check = check_machine(self.settings.device, nvml_index, load_nvml(), own)
-        if check.problem is not None and not self.settings.share_gpu:
-            if self.settings.exclusive:
-                raise pytest.UsageError(f"pytest-sdmem: {check.problem} (--sdmem-exclusive)")
-            if runs_tests(workers):
-                self.config.issue_config_time_warning(SdmemMachineWarning(check.problem),
-                                                      stacklevel=2)
+        try:  # CUDA_VISIBLE_DEVICES may renumber or name (by UUID) the devices NVML sees
+            nvml_index = torch.cuda._get_nvml_device_index(device_index(device))
+        except RuntimeError as exc:
+            check = MachineCheck(None, f"cannot check that no other process uses {device}: "
+                                       f"its NVML index is unknown ({exc})")
+        else:
+            check = check_machine(device, nvml_index, load_nvml(), own)
+        action = machine_action(check.problem, self.settings, workers)
+        if action == "refuse":
+            raise pytest.UsageError(f"pytest-sdmem: {check.problem} (--sdmem-exclusive)")
+        if action == "warn":
+            self.config.issue_config_time_warning(SdmemMachineWarning(check.problem),
+                                                  stacklevel=2)
         return check
 
     def pytest_report_header(self) -> list[str]:

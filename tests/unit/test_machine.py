@@ -18,7 +18,7 @@ import torch
 from pytest_sdmem.baseline import compare_runs, environment_differences
 from pytest_sdmem.memory import get_backend
 from pytest_sdmem.memory.cuda import check_machine, read_gpu, select_device
-from pytest_sdmem.plugin import environment_header, session_baseline, warms_up
+from pytest_sdmem.plugin import environment_header, machine_action, session_baseline, warms_up
 from pytest_sdmem.results import RunResults, TestRecord
 from pytest_sdmem.settings import SettingsError, Workers, build_settings
 
@@ -229,3 +229,25 @@ def test_compare_warns_when_driver_torch_or_card_differ() -> None:
     # An older results file without these fields is no difference.
     assert environment_differences({"device_name": "NVIDIA H200"}, head) == []
     assert environment_differences(base, base) == []
+
+
+def test_a_problem_warns_refuses_under_exclusive_and_is_only_recorded_when_sharing() -> None:
+    gpus = lambda: (True, 2)  # noqa: E731
+    plain = build_settings({"gpu": True}, Path("c"), gpus)
+    exclusive = build_settings({"gpu": True, "sdmem_exclusive": True}, Path("c"), gpus)
+    shared = build_settings({"gpu": True, "sdmem_share_gpu": True}, Path("c"), gpus, Workers(2))
+    problem = "cuda:0 (NVIDIA H200) is used by 1 other process(es): pid 77"
+    assert machine_action(None, exclusive, Workers()) is None
+    assert machine_action(problem, plain, Workers()) == "warn"
+    assert machine_action(problem, plain, Workers(count=2)) is None  # workers warn, not twice
+    assert machine_action(problem, exclusive, Workers(count=2)) == "refuse"
+    assert machine_action(problem, exclusive, Workers(2, 1)) == "refuse"
+    assert machine_action(problem, shared, Workers(2, 0)) is None
+
+
+def test_exclusive_without_gpu_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest("--sdmem-exclusive")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sdmem-exclusive checks that no other process uses the GPU:"
+                                 " it needs --gpu*"])
