@@ -547,12 +547,15 @@ class SessionHooks:
         self.settings = settings
         self.machine: Any = None
         if settings.is_cuda:
-            # Before this process creates a CUDA context (see check_machine), then make the
-            # device current so that a bare "cuda" inside diffusers means this worker's card.
+            # Before this process creates a CUDA context (see check_machine). Then a process
+            # that runs tests makes its device current, so that a bare "cuda" inside diffusers
+            # means this worker's card; an xdist controller creates no context at all (it
+            # would be another process on a worker's card).
             self.machine = self._check_machine(workers)
-            from pytest_sdmem.memory.cuda import select_device
+            if runs_tests(workers):
+                from pytest_sdmem.memory.cuda import select_device
 
-            select_device(settings.device)
+                select_device(settings.device)
         backend = get_backend(settings.device)
         self.environment = collect_environment(settings.device, backend.device_name,
                                                backend.total_memory)
