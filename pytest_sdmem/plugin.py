@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -46,6 +46,9 @@ from pytest_sdmem.verdicts import (
     is_out_of_memory,
     metric_value,
 )
+
+if TYPE_CHECKING:
+    from pytest_sdmem.memory.cuda import MachineCheck
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
@@ -98,9 +101,10 @@ def session_baseline(backend: MemoryBackend, warm_up: Callable[[], None],
     before = backend.allocated()
     warm_up()
     backend.settle()
-    return {"device": backend.device, "allocated_bytes": backend.allocated(),
-            "added_by_warm_up_bytes": backend.allocated() - before,
-            "reserved_bytes": backend.reserved(), "warm_up": what}
+    after = backend.allocated()
+    return {"device": backend.device, "allocated_bytes": after,
+            "added_by_warm_up_bytes": after - before, "reserved_bytes": backend.reserved(),
+            "warm_up": what}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -545,7 +549,7 @@ class SessionHooks:
                  workers: Workers) -> None:
         self.config = config
         self.settings = settings
-        self.machine: Any = None
+        self.machine: MachineCheck | None = None
         if settings.is_cuda:
             # Before this process creates a CUDA context (see check_machine). Then a process
             # that runs tests makes its device current, so that a bare "cuda" inside diffusers
@@ -584,7 +588,7 @@ class SessionHooks:
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
 
-    def _check_machine(self, workers: Workers) -> Any:
+    def _check_machine(self, workers: Workers) -> MachineCheck:
         """NVML's view of the device; another process on it is a warning, or with
         ``--sdmem-exclusive`` a usage error naming it (so is a check that cannot be made).
         Under ``--sdmem-share-gpu`` the other workers are there by design: only recorded."""
