@@ -49,6 +49,12 @@ class Problem:
         return f"{self.requirement} (required by {self.required_by}): {found}"
 
 
+#: Distributions whose own requirements are not followed. torch's are its CUDA libraries and
+#: triton as pip wheels, which a torch built for the machine (NGC, conda, the system's) takes
+#: from elsewhere: ``import torch`` checks what it needs, and the ``compile`` probe says what
+#: triton lacks (a skip of the compile tests, not a machine that cannot run the suite).
+NOT_FOLLOWED = frozenset({"torch"})
+
 #: One requirement to check: its text, who requires it, and the extras that requirer was
 #: asked for (a marker such as ``extra == "nvml"`` holds under them).
 Root = tuple[str, str, tuple[str, ...]]
@@ -96,9 +102,10 @@ def requirement_problems(
     """Every requirement reachable from ``roots`` that is not installed or not in an accepted
     version, and how many distributions were checked.
 
-    Each installed distribution's own requirements are followed, with the extras it was
-    required with; markers are evaluated for this interpreter. ``version`` and ``requires``
-    are ``importlib.metadata``'s, parameters so that another environment can be described.
+    Each installed distribution's own requirements are followed (but ``NOT_FOLLOWED``'s), with
+    the extras it was required with; markers are evaluated for this interpreter. ``version``
+    and ``requires`` are ``importlib.metadata``'s, parameters so that another environment can
+    be described.
     """
     environment = default_environment()
     problems: list[Problem] = []
@@ -124,7 +131,7 @@ def requirement_problems(
         if req.specifier and not req.specifier.contains(installed, prereleases=True):
             problems.append(Problem(str(req), parent, f"{req.name} {installed}"))
         key = (name, frozenset(req.extras))
-        if key not in seen:
+        if key not in seen and name not in NOT_FOLLOWED:
             seen.add(key)
             by = f"{req.name} {installed}"
             queue += [(child, by, tuple(req.extras)) for child in requires(name) or []]

@@ -150,3 +150,11 @@ def test_doctor_gpu_without_a_gpu_fails_fast(capsys: pytest.CaptureFixture[str])
     problems, notes = doctor.gpu_report()
     assert notes == [] and len(problems) == 1
     assert problems[0].startswith("no CUDA device is visible to torch")
+
+
+def test_torch_is_checked_by_importing_it_not_by_its_wheel_requirements() -> None:
+    """A torch built for the machine takes CUDA and triton from elsewhere: a missing nvidia-*
+    or triton wheel is not a machine that cannot run the suite."""
+    problems, _ = requirement_problems([("torch", "the project", ())],
+                                       version=_without("sympy", "triton", "filelock"))
+    assert problems == []
