@@ -569,8 +569,12 @@ class SessionHooks:
         if warms_up(settings, workers):
             from pytest_sdmem.memory.cuda import WARM_UP, warm_up
 
-            self.environment["session_baseline"] = session_baseline(
-                backend, lambda: warm_up(settings.device), WARM_UP)
+            try:
+                self.environment["session_baseline"] = session_baseline(
+                    backend, lambda: warm_up(settings.device), WARM_UP)
+            except RuntimeError as exc:  # a CUDA error before any test: the device is unusable
+                raise pytest.UsageError(f"pytest-sdmem: the warm-up on {settings.device} "
+                                        f"failed, no test can run there: {exc}") from None
         budgets = self._load_budgets()
         # An estimate is judged by the budgets of the GPU it stands for, not of this machine.
         device_name = settings.estimate_for or backend.device_name

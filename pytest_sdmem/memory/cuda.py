@@ -315,7 +315,7 @@ def warm_up(device: str) -> None:
     a real process's does, and the session reports it once as its baseline.
     """
     dtypes = [torch.float32, torch.float16]
-    if torch.cuda.is_bf16_supported():
+    if torch.cuda.is_bf16_supported(including_emulation=False):  # native bf16 only (sm80+)
         dtypes.append(torch.bfloat16)
     with torch.no_grad(), torch.cuda.device(device_index(device)):
         for dtype in dtypes:
