@@ -339,7 +339,42 @@ def compare_runs(
     comparison.warnings += [
         f"{n} test{'s' if n != 1 else ''} not compared: {reason}" for reason, n in reasons.items()
     ]
+    comparison.warnings += environment_differences(base.environment, head.environment)
     return comparison
+
+
+def _gpu_field(key: str) -> Callable[[dict[str, Any]], Any]:
+    """Reads ``key`` of the environment's NVML description of the GPU (None without one)."""
+
+    def read(env: dict[str, Any]) -> Any:
+        gpu = env.get("gpu")
+        return gpu.get(key) if isinstance(gpu, dict) else None
+
+    return read
+
+
+#: What can change every figure without any change in the code under test, and where a
+#: results file's environment holds it. The GPU model is not here: figures of another model
+#: are not compared at all (``_unlike``).
+_ENVIRONMENT_FIELDS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("NVIDIA driver", lambda env: env.get("driver_version") or _gpu_field("driver")(env)),
+    ("torch", lambda env: env.get("torch")),
+    ("torch's CUDA", lambda env: env.get("cuda_version")),
+    ("GPU (UUID: the physical card)", _gpu_field("uuid")),
+)
+
+
+def environment_differences(base_env: dict[str, Any], head_env: dict[str, Any]) -> list[str]:
+    """A warning for each of driver, torch, CUDA and physical GPU that the baseline and this run
+    both record and that differ: their figures are compared, but a change may come from there.
+    A field either side lacks (an older results file) is not a difference."""
+    warnings = []
+    for label, read in _ENVIRONMENT_FIELDS:
+        base, head = read(base_env), read(head_env)
+        if base is not None and head is not None and base != head:
+            warnings.append(f"the baseline and this run differ in {label}: {base} vs {head}; "
+                            "a change in the figures may come from it")
+    return warnings
 
 
 def load_results(path: str | os.PathLike[str], what: str = "results file") -> RunResults:

@@ -81,8 +81,9 @@ def read_budgets_text(path: Path) -> str:
         raise BudgetError(f"budgets file {path} is not UTF-8 text: {exc}") from exc
 
 
-def _parse_toml(text: str, path: Path) -> dict[str, Any]:
-    """The tables of ``text`` (the content of ``path``), or a BudgetError saying why not."""
+def parse_toml(text: str, path: Path, what: str = "budgets file") -> dict[str, Any]:
+    """The tables of ``text`` (the content of ``path``, a ``what``), or a BudgetError saying
+    why not."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
@@ -90,13 +91,13 @@ def _parse_toml(text: str, path: Path) -> dict[str, Any]:
             import tomli as tomllib
         except ImportError:
             raise BudgetError(
-                f"budgets file {path}: reading TOML on Python 3.10 needs tomli "
+                f"{what} {path}: reading TOML on Python 3.10 needs tomli "
                 "(pip install tomli)"
             ) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise BudgetError(f"budgets file {path} is not valid TOML: {exc}") from exc
+        raise BudgetError(f"{what} {path} is not valid TOML: {exc}") from exc
 
 
 def _parse_value(where: str, raw: Any) -> Budget:
@@ -243,7 +244,7 @@ def load_budgets(path: Path | str) -> Budgets:
 def parse_budgets(text: str, path: Path) -> Budgets:
     """Validate ``text`` as the budgets file ``path`` (named in every error), without writing
     it: what a tool about to change the file checks first."""
-    tables = _parse_toml(text, path)
+    tables = parse_toml(text, path)
     stray = sorted(name for name, value in tables.items() if not isinstance(value, dict))
     if stray:
         raise BudgetError(

@@ -62,6 +62,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SPEC"),
     Option("--sdmem-share-gpu", "let several pytest-xdist workers share a GPU (memory budgets "
            "are then refused: a shared card's peak is not the test's)", "bool"),
+    Option("--sdmem-exclusive", "with --gpu: refuse to start when NVML shows another process "
+           "on the device (without it, a warning names them), or when that cannot be checked",
+           "bool"),
     Option("--sdmem-snapshot-dir", "record allocations during budgeted tests and, when a "
            "max_vram budget fails, dump a memory snapshot into DIR", metavar="DIR"),
     Option("--sdmem-estimate", "estimate the CUDA peak of sd_pipe generations on the meta "

@@ -11,9 +11,9 @@ from __future__ import annotations
 import gc
 import os
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -30,7 +30,7 @@ from pytest_sdmem.markers import (
     parse_min_speedup,
     parse_sd_technique,
 )
-from pytest_sdmem.memory import MemoryReport, MemoryTracker, get_backend
+from pytest_sdmem.memory import MemoryBackend, MemoryReport, MemoryTracker, get_backend
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
@@ -47,6 +47,9 @@ from pytest_sdmem.verdicts import (
     metric_value,
 )
 
+if TYPE_CHECKING:
+    from pytest_sdmem.memory.cuda import MachineCheck
+
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
 SESSION = pytest.StashKey["SessionHooks"]()
@@ -58,6 +61,50 @@ class SdmemLeakWarning(UserWarning):
 
 class SdmemBaselineWarning(UserWarning):
     """Part of the baseline could not be compared (another card, another model)."""
+
+
+class SdmemMachineWarning(UserWarning):
+    """The GPU is not the session's alone, or that could not be checked."""
+
+
+def runs_tests(workers: Workers) -> bool:
+    """Whether this process runs tests: a lone pytest or an xdist worker, not a controller."""
+    return workers.index is not None or workers.count == 0
+
+
+def machine_action(problem: str | None, settings: Settings, workers: Workers) -> str | None:
+    """What a machine check's ``problem`` does to the session: "refuse" (``--sdmem-exclusive``:
+    the xdist controller refuses before any worker starts), "warn" (once, by the process that
+    measures), or None (no problem; or ``--sdmem-share-gpu``, where the other workers are on
+    the card by design and the check is only recorded)."""
+    if problem is None or settings.share_gpu:
+        return None
+    if settings.exclusive:
+        return "refuse"
+    return "warn" if runs_tests(workers) else None
+
+
+def warms_up(settings: Settings, workers: Workers) -> bool:
+    """Whether this process warms its CUDA device up before the first test (see
+    ``memory.cuda.warm_up``): only a process that measures on a real GPU."""
+    return settings.is_cuda and not settings.estimate and runs_tests(workers)
+
+
+def session_baseline(backend: MemoryBackend, warm_up: Callable[[], None],
+                     what: str) -> dict[str, Any]:
+    """Run ``warm_up`` and record what it left on the device: the session's baseline.
+
+    What stays allocated after a settle is per-process state (library workspaces) that every
+    later absolute peak includes; the record says how much, once, so no test is blamed for it.
+    """
+    backend.settle()
+    before = backend.allocated()
+    warm_up()
+    backend.settle()
+    after = backend.allocated()
+    return {"device": backend.device, "allocated_bytes": after,
+            "added_by_warm_up_bytes": after - before, "reserved_bytes": backend.reserved(),
+            "warm_up": what}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,15 +130,42 @@ def pytest_configure(config: pytest.Config) -> None:
     default_budgets = config.rootpath / DEFAULT_BUDGETS
     if raw["sdmem_budgets"] is None and default_budgets.is_file():
         raw["sdmem_budgets"] = str(default_budgets)
+    workers = _workers(config)
     try:
-        settings = build_settings(raw, default_cache_dir(config.rootpath),
-                                  workers=_workers(config))
+        settings = build_settings(raw, default_cache_dir(config.rootpath), workers=workers)
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
     config.stash[SETTINGS] = settings
-    hooks = SessionHooks(config, settings)
+    hooks = SessionHooks(config, settings, workers)
     config.stash[SESSION] = hooks
     config.pluginmanager.register(hooks, "sdmem-session")
+
+
+def environment_header(device: str, env: dict[str, Any]) -> list[str]:
+    """The terminal header's lines: the GPU the figures come from (what ``--sdmem-compare``
+    needs alike), and the session baseline that every absolute peak includes."""
+    lines = []
+    if gpu := env.get("gpu"):
+        def part(label: str, *values: Any, unit: str = "") -> str | None:
+            if all(v is None for v in values):
+                return None
+            return f"{label} {'/'.join('?' if v is None else str(v) for v in values)}{unit}"
+
+        parts = [part("driver", gpu["driver"]), part("CUDA driver", gpu["cuda_driver"]),
+                 part("torch", env.get("torch")), part("CUDA", env.get("cuda_version")),
+                 part("SM clock", gpu["sm_clock_mhz"], gpu["sm_clock_max_mhz"], unit=" MHz"),
+                 part("memory clock", gpu["memory_clock_mhz"], gpu["memory_clock_max_mhz"],
+                      unit=" MHz"),
+                 part("power limit", gpu["power_limit_w"], unit=" W"),
+                 part("ECC", gpu["ecc"]), part("MIG", gpu["mig"])]
+        lines.append(f"sdmem: {device} {gpu['name']} ({gpu['uuid']}): "
+                     + ", ".join(p for p in parts if p is not None))
+    if (baseline := env.get("session_baseline")) is not None:
+        lines.append(
+            f"sdmem: session baseline on {baseline['device']}: "
+            f"{format_size(baseline['allocated_bytes'])} allocated after the warm-up "
+            f"({baseline['warm_up']}); every absolute peak includes it")
+    return lines
 
 
 def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -> str | None:
@@ -471,12 +545,36 @@ class SessionHooks:
     """What one pytest process knows for the whole session: its settings, environment, named
     budgets, regression gate, and (on the controller) the records of every measured test."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings,
+                 workers: Workers) -> None:
         self.config = config
         self.settings = settings
+        self.machine: MachineCheck | None = None
+        if settings.is_cuda:
+            # Before this process creates a CUDA context (see check_machine). Then a process
+            # that runs tests makes its device current, so that a bare "cuda" inside diffusers
+            # means this worker's card; an xdist controller creates no context at all (it
+            # would be another process on a worker's card).
+            self.machine = self._check_machine(workers)
+            if runs_tests(workers):
+                from pytest_sdmem.memory.cuda import select_device
+
+                select_device(settings.device)
         backend = get_backend(settings.device)
         self.environment = collect_environment(settings.device, backend.device_name,
                                                backend.total_memory)
+        if self.machine is not None:
+            self.environment["gpu"] = (self.machine.gpu.to_dict()
+                                       if self.machine.gpu is not None else None)
+        if warms_up(settings, workers):
+            from pytest_sdmem.memory.cuda import WARM_UP, warm_up
+
+            try:
+                self.environment["session_baseline"] = session_baseline(
+                    backend, lambda: warm_up(settings.device), WARM_UP)
+            except RuntimeError as exc:  # a CUDA error before any test: the device is unusable
+                raise pytest.UsageError(f"pytest-sdmem: the warm-up on {settings.device} "
+                                        f"failed, no test can run there: {exc}") from None
         budgets = self._load_budgets()
         # An estimate is judged by the budgets of the GPU it stands for, not of this machine.
         device_name = settings.estimate_for or backend.device_name
@@ -493,6 +591,39 @@ class SessionHooks:
     @property
     def is_worker(self) -> bool:
         return hasattr(self.config, "workerinput")
+
+    def _check_machine(self, workers: Workers) -> MachineCheck:
+        """NVML's view of the device; another process on it is a warning, or with
+        ``--sdmem-exclusive`` a usage error naming it (so is a check that cannot be made).
+        Under ``--sdmem-share-gpu`` the other workers are there by design: only recorded."""
+        import torch
+
+        from pytest_sdmem.memory.cuda import (
+            MachineCheck,
+            check_machine,
+            device_index,
+            load_nvml,
+        )
+
+        device = self.settings.device
+        own = {os.getpid()} | ({os.getppid()} if workers.index is not None else set())
+        try:  # CUDA_VISIBLE_DEVICES may renumber or name (by UUID) the devices NVML sees
+            nvml_index = torch.cuda._get_nvml_device_index(device_index(device))
+        except RuntimeError as exc:
+            check = MachineCheck(None, f"cannot check that no other process uses {device}: "
+                                       f"its NVML index is unknown ({exc})")
+        else:
+            check = check_machine(device, nvml_index, load_nvml(), own)
+        action = machine_action(check.problem, self.settings, workers)
+        if action == "refuse":
+            raise pytest.UsageError(f"pytest-sdmem: {check.problem} (--sdmem-exclusive)")
+        if action == "warn":
+            self.config.issue_config_time_warning(SdmemMachineWarning(check.problem),
+                                                  stacklevel=2)
+        return check
+
+    def pytest_report_header(self) -> list[str]:
+        return environment_header(self.settings.device, self.environment)
 
     def _load_budgets(self) -> Budgets | None:
         """The budgets file, or None without one. One that cannot be read is a usage error:

@@ -38,6 +38,7 @@ class Settings:
     compare_path: Path | None = None
     tolerance: str | None = None
     share_gpu: bool = False
+    exclusive: bool = False
     snapshot_dir: Path | None = None
     estimate: bool = False
     estimate_for: str | None = None
@@ -157,6 +158,13 @@ def build_settings(
     size_px = _positive("--sdmem-size", size, int) if size is not None else (64 if tiny else 512)
     if size_px % 8:
         raise SettingsError(f"--sdmem-size={size_px} is not valid: expected a multiple of 8")
+    exclusive = bool(raw.get("sdmem_exclusive"))
+    if exclusive and not gpu:
+        raise SettingsError("--sdmem-exclusive checks that no other process uses the GPU: it "
+                            "needs --gpu")
+    if exclusive and raw.get("sdmem_share_gpu"):
+        raise SettingsError("--sdmem-exclusive and --sdmem-share-gpu contradict each other: a "
+                            "shared GPU has other processes on it by design; choose one")
     save, compare = _path(raw, "sdmem_save"), _path(raw, "sdmem_compare")
     if save is not None and compare is not None and save.resolve() == compare.resolve():
         raise SettingsError(f"--sdmem-save and --sdmem-compare name the same file ({save}): a "
@@ -180,6 +188,7 @@ def build_settings(
         compare_path=compare,
         tolerance=raw.get("sdmem_tolerance") or None,
         share_gpu=bool(raw.get("sdmem_share_gpu")),
+        exclusive=exclusive,
         snapshot_dir=_path(raw, "sdmem_snapshot_dir"),
         estimate=estimate,
         estimate_for=estimate_for,

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import re
+import shutil
+import sys
+import sysconfig
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -409,12 +413,47 @@ def _compile(pipe: Pipe, ctx: ApplyContext) -> None:
     pipe.maybe_free_model_hooks()  # with model offload, send the UNet back as a call would
 
 
+def triton_build_problem(environ: Mapping[str, str] | None = None,
+                         include_dir: str | None = None) -> str | None:
+    """Why triton could not build its launcher here, or None when it could.
+
+    On CUDA, inductor's kernels are triton's, and triton compiles a small C launcher with the
+    host's C compiler against the Python headers the first time a kernel runs: a machine
+    without them fails inside the first compiled call, not at import. The compiler is found
+    the way ``triton.runtime.build._build`` finds it: ``$CC`` if set (used as given), else
+    ``gcc``, else ``clang`` on ``PATH``; the headers are ``Python.h`` in
+    ``sysconfig.get_paths()["include"]`` of the default scheme (Debian's ``posix_local`` read
+    as ``posix_prefix``, as triton does). ``environ`` and ``include_dir`` default to this
+    process's; they are parameters so that a machine without a compiler can be described.
+    """
+    environ = os.environ if environ is None else environ
+    path = environ.get("PATH", "")
+    cc = environ.get("CC")
+    if cc is not None:
+        if shutil.which(cc, path=path) is None:
+            return (f"compile on CUDA needs a C compiler for triton's launcher: CC={cc!r} is "
+                    "not an executable (triton uses $CC as given)")
+    elif shutil.which("gcc", path=path) is None and shutil.which("clang", path=path) is None:
+        return ("compile on CUDA needs a C compiler for triton's launcher: neither gcc nor "
+                "clang is on PATH and CC is not set (install gcc, or set CC)")
+    if include_dir is None:
+        scheme = sysconfig.get_default_scheme()
+        include_dir = sysconfig.get_paths(
+            scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    if not os.path.isfile(os.path.join(include_dir, "Python.h")):
+        return (f"compile on CUDA needs the Python headers for triton's launcher: no Python.h "
+                f"in {include_dir} (install python3-dev / python{sys.version_info.major}."
+                f"{sys.version_info.minor}-dev)")
+    return None
+
+
 def _compiler_probe(device: str) -> str | None:
-    """torch.compile's inductor needs a C++ compiler on the CPU and triton on CUDA."""
+    """torch.compile's inductor needs a C++ compiler on the CPU, and on CUDA triton with a C
+    compiler and the Python headers (see ``triton_build_problem``)."""
     if _is_cuda(device):
         if importlib.util.find_spec("triton") is None:
             return "compile on CUDA needs triton (pip install triton)"
-        return None
+        return triton_build_problem()
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
     except ImportError:  # moved in another torch: let compile itself report what is missing

@@ -7,6 +7,9 @@
 # on a machine with network access: pip download --no-deps --only-binary=:all: for the GPU
 # machine's Python and platform): they are installed into a temporary directory put on
 # PYTHONPATH, so the machine's own packages stay untouched.
+# Before pytest starts, scripts/offline_env.sh checks the machine (python -m
+# pytest_sdmem.doctor --gpu): a missing package or no visible GPU stops the script with the
+# list (exit 1); what the tier will skip (compile without a C compiler or Python.h) is noted.
 # Writes into OUTDIR:
 #   results.json  the session's figures (--sdmem-json)
 #   table.md      the table of that file (sdmem report --format md)
@@ -47,8 +50,16 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi -L
 fi
 
+# Another process on the GPU makes the figures wrong: refuse to measure with one there
+# (--sdmem-exclusive names it). That check needs NVML; without nvidia-ml-py the session
+# warns that it could not check, and runs.
+exclusive=()
+if "$python" -c "import pynvml" 2>/dev/null; then
+  exclusive=(--sdmem-exclusive)
+fi
+
 status=0
-"$python" -m pytest "${plugin[@]}" --gpu tests/techniques \
+"$python" -m pytest "${plugin[@]}" --gpu "${exclusive[@]}" tests/techniques \
   --sdmem-json "$outdir/results.json" --junitxml "$outdir/junit.xml" \
   -rA --durations=0 "$@" 2>&1 | tee "$outdir/pytest.log" || status=$?
 # With pipefail the status above is pytest's, unless tee itself failed.

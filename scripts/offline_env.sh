@@ -3,6 +3,10 @@
 # forbids hub access, and puts the checkout and the wheels carried in .whl/ (diffusers,
 # xformers, ...: see ../shared/gpu/fetch-wheels.sh) on PYTHONPATH. The wheels go into a
 # temporary directory, removed on exit, so the machine's own packages stay untouched.
+# Then checks the machine before anything runs (python -m pytest_sdmem.doctor --gpu, see
+# docs/gpu.md): every runtime requirement of the project and of what it needs (diffusers'
+# requests, Pillow, safetensors, ...), that they import, and that a GPU is visible. A machine
+# that lacks any of them stops here (exit 1) with the list, before any model is built.
 python=${PYTHON:-python3}
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
@@ -19,3 +23,8 @@ if [ "${#wheels[@]}" -gt 0 ]; then
   pythonpath=$pythonpath:$site
 fi
 export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
+
+if ! "$python" -m pytest_sdmem.doctor --gpu; then
+  echo "$0: this machine cannot run the GPU tier (the list is above): nothing was run" >&2
+  exit 1
+fi
