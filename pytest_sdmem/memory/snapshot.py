@@ -520,21 +520,14 @@ class CudaSnapshotRecorder(SnapshotRecorder):
         self.max_entries = max_entries
 
     def start(self) -> None:
-        """Record allocations with Python stacks; free events without (their frames go unused).
+        """Record this test's allocations with Python stacks (``compat.start_memory_history``).
 
         The history is process-wide (all devices) and replaces any recording the test session
         had switched on itself.
         """
-        import inspect
+        from pytest_sdmem.compat import start_memory_history
 
-        import torch
-
-        record = torch.cuda.memory._record_memory_history
-        options: dict[str, Any] = {}
-        if "clear_history" in inspect.signature(record).parameters:
-            options["clear_history"] = True  # this test's events only (not in older torch)
-        record(enabled="all", context="alloc", stacks="python", max_entries=self.max_entries,
-               **options)
+        start_memory_history(self.max_entries)
         self.recording = True
 
     def stop(self, failed: bool, nodeid: str, directory: Path) -> SnapshotReport | None:
