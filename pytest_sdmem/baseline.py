@@ -410,7 +410,9 @@ _SECTION_NUMBERS: dict[str, dict[str, bool]] = {
                "process_peak_bytes": False},
     "budget": {"max_vram_bytes": True},
     "latency": {"median": False},
-    "speedup": {"ratio": True, "ci_low": True, "ci_high": True},
+    # No interval (both null) is a first-class result: a measurement that stopped inconclusive
+    # before it had the pairs for one; a single bound is a broken file.
+    "speedup": {"ratio": True, "ci_low": False, "ci_high": False},
 }
 
 
@@ -456,6 +458,10 @@ def _record_problem(run: RunResults) -> str | None:
                     value is not None and _number(section, key) is None
                 ):
                     return f"{where}.{name}.{key} is not a number"
+        if record.speedup is not None and (
+            (record.speedup.get("ci_low") is None) != (record.speedup.get("ci_high") is None)
+        ):
+            return f"{where}.speedup has one of ci_low and ci_high: give both, or null for both"
         if (problem := _estimate_problem(record)) is not None:
             return f"{where}.{problem}"
         if not isinstance(record.verdicts, list) or not all(
