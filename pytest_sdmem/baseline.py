@@ -10,7 +10,6 @@ compared with the reason, because a silent cross-card comparison would gate on n
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pytest_sdmem.tolerances import (
     Tolerances,
     format_change,
 )
+from pytest_sdmem.units import UnitError, check_number
 
 Status = Literal["regression", "improvement", "unchanged"]
 
@@ -73,10 +73,10 @@ def record_key(record: TestRecord) -> RecordKey:
 
 def _number(section: dict[str, Any] | None, name: str) -> float | None:
     """The finite number under ``name``, or None (absent, not a number, infinite, NaN)."""
-    value = (section or {}).get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    try:
+        return check_number((section or {}).get(name), name)
+    except UnitError:
         return None
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,17 @@ is reported at collection against its own test, with the value given and the acc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, format_size, parse_size
+from pytest_sdmem.units import (
+    ACCEPTED_SIZES,
+    UnitError,
+    check_number,
+    format_size,
+    parse_size,
+)
 
 METRICS = {
     "allocated": "peak bytes held by tensors (CUDA: max_memory_allocated)",
@@ -121,12 +126,11 @@ def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any],
     """Parse the factor; the baseline technique is validated by the technique registry."""
     _check_keywords("min_speedup", kwargs, {"factor", "baseline", "budget"})
     raw, budget_key = _value_or_budget("min_speedup", args, kwargs, "factor", "speedup", lookup)
-    factor: float | None = None
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        factor = float(raw)
-    if factor is None or not math.isfinite(factor) or factor <= 0:
-        raise MarkerError(f"@pytest.mark.min_speedup factor {raw!r} is not valid; accepted: a "
-                          "positive number such as 2.5 (the test must be 2.5x faster)")
+    try:
+        factor = check_number(raw, "factor", positive=True)
+    except UnitError as exc:
+        raise MarkerError(f"@pytest.mark.min_speedup {exc}; accepted: a positive number such "
+                          "as 2.5 (the test must be 2.5x faster)") from None
     baseline = kwargs.get("baseline", "none")
     if not isinstance(baseline, str) or not baseline.strip():
         raise MarkerError(f"@pytest.mark.min_speedup baseline {baseline!r} is not valid; "

@@ -218,7 +218,7 @@ def test_unusable_baseline_is_a_usage_error_and_left_untouched(
 
 
 def test_missing_baseline_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(BaselineError, match=r"baseline .*nope\.json: cannot read results file"):
+    with pytest.raises(BaselineError, match=r"baseline .*nope\.json: cannot read it"):
         load_baseline(tmp_path / "nope.json")
 
 

@@ -83,7 +83,7 @@ def test_compare_markdown_to_a_file(runs: dict[str, Path], tmp_path: Path) -> No
     [
         (["compare", "{corrupt}", "{base}"], "baseline {corrupt}: not valid JSON"),
         (["compare", "{base}", "{corrupt}"], "results file {corrupt}: not valid JSON"),
-        (["compare", "{missing}", "{base}"], "baseline {missing}: cannot read results file"),
+        (["compare", "{missing}", "{base}"], "baseline {missing}: cannot read it"),
         (["compare", "{base}", "{base}", "--tolerance", "vram=lots"], "invalid tolerance"),
         (["report", "{corrupt}"], "results file {corrupt}: not valid JSON"),
         (["report", "{base}", "--format", "png"], "--format png writes binary data"),
