@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, check_number, parse_size
+from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, check_number, parse_size, shown
 from pytest_sdmem.userfiles import MAX_BUDGETS_BYTES, UserFileError, read_user_file
 
 DEFAULT_TABLE = "default"
@@ -151,7 +151,7 @@ def _parse_overhead_size(where: str, raw: Any) -> int:
     try:
         return parse_size(raw)
     except UnitError:
-        raise BudgetError(f"{where} = {raw!r} is not a size; accepted: 0 or "
+        raise BudgetError(f"{where} = {shown(raw)} is not a size; accepted: 0 or "
                           f"{ACCEPTED_SIZES}") from None
 
 

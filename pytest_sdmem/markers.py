@@ -16,6 +16,7 @@ from pytest_sdmem.units import (
     check_number,
     format_size,
     parse_size,
+    shown,
 )
 
 METRICS = {
@@ -110,7 +111,7 @@ def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any],
         limit = parse_size(raw)
     except UnitError:
         raise MarkerError(
-            f"@pytest.mark.max_vram limit {raw!r} is not a size; accepted: {ACCEPTED_SIZES}"
+            f"@pytest.mark.max_vram limit {shown(raw)} is not a size; accepted: {ACCEPTED_SIZES}"
         ) from None
     metric = kwargs.get("metric", "allocated")
     if metric not in METRICS:

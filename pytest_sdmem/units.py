@@ -34,6 +34,14 @@ class UnitError(ValueError):
     """A size or duration that does not parse; the message names the value and what is accepted."""
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, except an integer past float range, whose thousands of
+    digits would bury the message: that is described by its magnitude."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        return f"an integer of about 1e{int(math.log10(abs(value)))}"
+    return repr(value)
+
+
 def check_number(value: object, what: str, *, positive: bool = False) -> float:
     """``value`` as a finite float (positive when ``positive``), or a UnitError naming ``what``.
 
@@ -49,9 +57,8 @@ def check_number(value: object, what: str, *, positive: bool = False) -> float:
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        if isinstance(value, int):  # not printed: it may have thousands of digits
-            raise UnitError(f"{what} is an integer of about 1e{int(math.log10(abs(value)))}, "
-                            "beyond the range of a float")
+        if isinstance(value, int):
+            raise UnitError(f"{what} is {shown(value)}, beyond the range of a float")
         raise UnitError(f"{what} {value!r} is not a finite number")
     if positive and number <= 0:
         raise UnitError(f"{what} {value!r} is not positive")
