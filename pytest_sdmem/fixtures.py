@@ -65,7 +65,11 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
     except (ModelError, TechniqueError) as exc:  # a technique the model cannot take, too
-        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
+        failure = f"{request.node.nodeid}: {exc}"
+    else:
+        failure = None
+    if failure is not None:  # failed outside the except: pytest would print the chained error
+        pytest.fail(failure, pytrace=False)
     state = request.node.stash.get(STATE, None)
     if state is not None:
         state.sd_pipe = pipe

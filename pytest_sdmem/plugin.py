@@ -293,7 +293,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
                                               factor=state.min_speedup.factor,
                                               max_time=settings.max_time, **args)
         except TechniqueError as exc:  # a baseline technique this model cannot take
-            pytest.fail(f"{item.nodeid}: min_speedup baseline: {exc}", pytrace=False)
+            failure = f"{item.nodeid}: min_speedup baseline: {exc}"
+        else:
+            failure = None
+        if failure is not None:  # outside the except: pytest would print the chained error
+            pytest.fail(failure, pytrace=False)
     return result
 
 

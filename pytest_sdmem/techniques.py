@@ -263,10 +263,12 @@ class _AttentionSlicing:
         heads = [m.sliceable_head_dim for m in pipe.unet.modules()
                  if isinstance(getattr(m, "sliceable_head_dim", None), int)]
         if isinstance(self.slice_size, int) and heads and self.slice_size > min(heads):
+            fewest, most = min(heads), max(heads)
+            counts = f"{fewest}" if fewest == most else f"{fewest} to {most}"
             raise TechniqueError(
                 f"invalid argument {self.slice_size} of attention_slicing for this model: its "
-                f"attention layers have {min(heads)} to {max(heads)} heads, so a slice holds "
-                f"1 to {min(heads)} of them; expected {_SLICE_ACCEPTED}"
+                f"attention layers have {counts} heads, so a slice holds 1 to {fewest} of "
+                f"them; expected {_SLICE_ACCEPTED}"
             )
         pipe.enable_attention_slicing(self.slice_size)
 

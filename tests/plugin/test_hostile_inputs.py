@@ -9,6 +9,7 @@ cheap: one pytester run checks every hostile marker; each option or file is one 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -60,9 +61,12 @@ HOSTILE_MARKERS: dict[str, tuple[str, str]] = {
 
 
 def assert_clean(output: str) -> None:
-    """What no hostile input may produce: pytest's crash marker or a Python traceback."""
+    """What no hostile input may produce: pytest's crash marker, a Python traceback, or the
+    exception lines (``E   ...``) of a test report's traceback."""
     assert "INTERNALERROR" not in output
-    assert "Traceback" not in output
+    assert "Traceback (most recent call last)" not in output
+    assert "During handling of the above exception" not in output
+    assert not [line for line in output.splitlines() if line.startswith("E   ")], output[-3000:]
 
 
 def test_every_hostile_marker_fails_its_own_test_by_name(pytester: pytest.Pytester) -> None:
@@ -72,7 +76,7 @@ def test_every_hostile_marker_fails_its_own_test_by_name(pytester: pytest.Pytest
         body += [f"@pytest.mark.{marker}", f"def test_{name}({fixture}):", "    pass", ""]
     body += ["def test_innocent():", "    pass", ""]
     pytester.makepyfile("\n".join(body))
-    result = pytester.runpytest("-rA", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-rA")
     output = result.stdout.str() + result.stderr.str()
     assert_clean(output)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -188,7 +192,7 @@ HOSTILE_BUDGETS: dict[str, tuple[Callable[[Path], Path], str]] = {
 def _run_usage_error(pytester: pytest.Pytester, *args: str) -> str:
     """Run a trivial test file with ``args``: pytest must stop at configure with exit 4."""
     pytester.makepyfile("def test_a():\n    pass\n")
-    result = pytester.runpytest(*args, "-p", "no:cacheprovider")
+    result = pytester.runpytest(*args)
     output = result.stdout.str() + result.stderr.str()
     assert_clean(output)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, output[-2000:]
@@ -319,3 +323,58 @@ def test_an_interval_less_speedup_is_a_result_everywhere(
     assert sdmem_main(["compare", str(run), str(run)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"speedup\s+1\.25x\s+1\.25x", out) and "3 unchanged" in out, out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_shows_the_plugin_section(pytester: pytest.Pytester, flag: str) -> None:
+    """argparse %-formats help: the tolerance's "5%" once made ``pytest --help`` crash."""
+    result = pytester.runpytest(flag)
+    output = result.stdout.str() + result.stderr.str()
+    assert_clean(output)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["pytest-sdmem: memory and speed budgets:", "*--sdmem-tolerance*",
+                                 "*'vram=5%,latency=10%,speedup=5%'*"])
+
+
+def test_a_slice_too_large_and_a_speedup_without_interval_end_to_end(
+    pytester: pytest.Pytester, model_cache: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ordinary events on the tiny pipeline, in one run: a slice size that parses but is
+    larger than the model's heads fails its test in setup with the registry's message; a
+    min_speedup whose time budget ends after one pair (no interval) is an inconclusive result
+    that the table, the job summary, the JSON and a later --sdmem-compare all carry."""
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.sd_technique("attention_slicing(99999999999999999999)")
+        def test_slice(sd_pipe):
+            pass
+
+        @pytest.mark.min_speedup(1.0)
+        def test_short(sd_pipe):
+            sd_pipe()
+        """
+    )
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=0.001",
+                                "--sdmem-json=r.json", "-rA")
+    output = result.stdout.str() + result.stderr.str()
+    assert_clean(output)
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        "*::test_slice: invalid argument 99999999999999999999 of attention_slicing for this "
+        "model: its attention layers have * heads*",
+        "*inconclusive for min_speedup 1.00x*too few pairs for an interval*",
+        "*test_short*[[]no CI: * pairs[]]*",
+    ])
+    assert re.search(r"\[no CI: \d+ pairs\]", summary.read_text())
+    speedup = json.loads((pytester.path / "r.json").read_text())["results"][0]["speedup"]
+    assert (speedup["ci_low"], speedup["ci_high"], speedup["verdict"]) == (
+        None, None, "inconclusive")
+    pytester.makepyfile(test_other="def test_other():\n    pass\n")
+    again = pytester.runpytest("test_other.py", "--sdmem-compare=r.json")
+    assert_clean(again.stdout.str() + again.stderr.str())
+    assert again.ret == pytest.ExitCode.OK
