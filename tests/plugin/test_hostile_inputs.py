@@ -9,9 +9,7 @@ cheap: one pytester run checks every hostile marker; each option or file is one 
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,19 +308,17 @@ def test_hostile_tolerance_is_sdmem_exit_2(
     assert status == 2 and "invalid tolerance" in err, err
 
 
-def test_an_interval_less_speedup_is_a_result_everywhere(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_baseline_with_an_interval_less_speedup_is_accepted(
+    pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    """An inconclusive min_speedup stopped before it had the pairs for an interval."""
-    run = _results(tmp_path / "run.json", ratio=1.25, ci_low=None, ci_high=None, pairs=2,
-                   verdict="inconclusive")
-    for fmt in ("md", "html"):
-        assert sdmem_main(["report", str(run), "--format", fmt]) == 0
-        out = capsys.readouterr().out
-        assert "1.25x [no CI: 2 pairs]" in out, (fmt, out)
-    assert sdmem_main(["compare", str(run), str(run)]) == 0
-    out = capsys.readouterr().out
-    assert re.search(r"speedup\s+1\.25x\s+1\.25x", out) and "3 unchanged" in out, out
+    """An inconclusive min_speedup saved before it had an interval (``ci_low``: null) is a
+    result, not a corrupt file: --sdmem-compare takes such a baseline."""
+    base = _results(tmp_path / "base.json", ratio=1.25, ci_low=None, ci_high=None, pairs=2,
+                    verdict="inconclusive")
+    pytester.makepyfile("def test_a():\n    pass\n")
+    result = pytester.runpytest(f"--sdmem-compare={base}")
+    assert_clean(result.stdout.str() + result.stderr.str())
+    assert result.ret == pytest.ExitCode.OK
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -336,16 +332,12 @@ def test_help_shows_the_plugin_section(pytester: pytest.Pytester, flag: str) -> 
                                  "*'vram=5%,latency=10%,speedup=5%'*"])
 
 
-def test_a_slice_too_large_and_a_speedup_without_interval_end_to_end(
-    pytester: pytest.Pytester, model_cache: Path, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_slice_larger_than_the_models_heads_fails_its_test_in_setup(
+    pytester: pytest.Pytester, model_cache: Path
 ) -> None:
-    """Two ordinary events on the tiny pipeline, in one run: a slice size that parses but is
-    larger than the model's heads fails its test in setup with the registry's message; a
-    min_speedup whose time budget ends after one pair (no interval) is an inconclusive result
-    that the table, the job summary, the JSON and a later --sdmem-compare all carry."""
-    summary = tmp_path / "summary.md"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    """``attention_slicing(N)`` parses for any N; the tiny model's head count is known only once
+    it is loaded, where techniques are applied: the test fails there with the registry's
+    message, and the other tests run."""
     pytester.makepyfile(
         """
         import pytest
@@ -354,27 +346,14 @@ def test_a_slice_too_large_and_a_speedup_without_interval_end_to_end(
         def test_slice(sd_pipe):
             pass
 
-        @pytest.mark.min_speedup(1.0)
-        def test_short(sd_pipe):
-            sd_pipe()
+        def test_other():
+            pass
         """
     )
-    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=0.001",
-                                "--sdmem-json=r.json", "-rA")
-    output = result.stdout.str() + result.stderr.str()
-    assert_clean(output)
-    result.assert_outcomes(failed=1, errors=1)
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "-rA")
+    assert_clean(result.stdout.str() + result.stderr.str())
+    result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([
         "*::test_slice: invalid argument 99999999999999999999 of attention_slicing for this "
-        "model: its attention layers have * heads*",
-        "*inconclusive for min_speedup 1.00x*too few pairs for an interval*",
-        "*test_short*[[]no CI: * pairs[]]*",
+        "model: its attention layers have * heads, so a slice holds 1 to * of them; expected*",
     ])
-    assert re.search(r"\[no CI: \d+ pairs\]", summary.read_text())
-    speedup = json.loads((pytester.path / "r.json").read_text())["results"][0]["speedup"]
-    assert (speedup["ci_low"], speedup["ci_high"], speedup["verdict"]) == (
-        None, None, "inconclusive")
-    pytester.makepyfile(test_other="def test_other():\n    pass\n")
-    again = pytester.runpytest("test_other.py", "--sdmem-compare=r.json")
-    assert_clean(again.stdout.str() + again.stderr.str())
-    assert again.ret == pytest.ExitCode.OK
