@@ -100,6 +100,8 @@ def parse_toml(text: str, path: Path, what: str = "budgets file") -> dict[str, A
         raise BudgetError(f"{what} {path} is not valid TOML: {exc}") from exc
     except RecursionError:
         raise BudgetError(f"{what} {path}: its TOML nests deeper than Python can parse") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise BudgetError(f"{what} {path} is not valid TOML: {exc}") from exc
 
 
 def _parse_value(where: str, raw: Any) -> Budget:

@@ -181,7 +181,13 @@ HOSTILE_BUDGETS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "big_size": (_text(f"[default]\nx = \"{'9' * 400} GB\"\n"), "is not a size"),
     "inf_factor": (_text("[default]\nx = inf\n"), "factor inf is not a finite number"),
     "nested": (_text("[default]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n"),
-               "budgets file"),
+               "nests deeper than Python can parse"),
+    "nested_tables": (_text("[default]\nx = " + "{a=" * 100_000 + "1" + "}" * 100_000 + "\n"),
+                      "nests deeper than Python can parse"),
+    "integer_too_long": (_text("[default]\nx = " + "1" * 5000 + "\n"), "is not valid TOML"),
+    "big_float": (_text("[default]\nx = 1e400\n"), "factor inf is not a finite number"),
+    "big_overhead": (_text(f"[default]\nx = 1\n[overhead.\"G\"]\nreserved = {BIG}\n"
+                           "calibrated = \"by hand\"\n"), "about 1e400 is not a size"),
     "no_default": (_text("[other]\nx = 1\n"), "has no [default] table"),
     "not_toml": (_text("[default\n"), "is not valid TOML"),
 }
