@@ -70,7 +70,8 @@ def _one_positional(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], ke
         return args[0]
     if not args and key in kwargs:
         return kwargs[key]
-    raise MarkerError(f"@pytest.mark.{name} takes exactly one {key}, got args={args!r}; "
+    raise MarkerError(f"@pytest.mark.{name} takes exactly one {key}, got args="
+                      f"({', '.join(map(shown, args))}); "
                       f"usage: {MARKERS[name]}")
 
 
@@ -84,7 +85,7 @@ def _value_or_budget(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], k
         raise MarkerError(f"@pytest.mark.{name} takes a {key} or budget=, not both; "
                           f"usage: {MARKERS[name]}")
     if not isinstance(budget_key, str) or not budget_key:
-        raise MarkerError(f"@pytest.mark.{name} budget {budget_key!r} is not valid; accepted: "
+        raise MarkerError(f"@pytest.mark.{name} budget {shown(budget_key)} is not valid; accepted: "
                           "a key of the budgets file (--sdmem-budgets)")
     if lookup is None:
         raise MarkerError(f"@pytest.mark.{name}(budget={budget_key!r}) needs a budgets file: "
@@ -116,7 +117,7 @@ def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any],
     metric = kwargs.get("metric", "allocated")
     if metric not in METRICS:
         raise MarkerError(
-            f"@pytest.mark.max_vram metric {metric!r} is unknown; accepted: "
+            f"@pytest.mark.max_vram metric {shown(metric)} is unknown; accepted: "
             + "; ".join(f"'{k}' ({v})" for k, v in METRICS.items())
         )
     return MaxVram(limit=limit, metric=metric, budget_key=budget_key)
@@ -134,7 +135,7 @@ def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any],
                           "as 2.5 (the test must be 2.5x faster)") from None
     baseline = kwargs.get("baseline", "none")
     if not isinstance(baseline, str) or not baseline.strip():
-        raise MarkerError(f"@pytest.mark.min_speedup baseline {baseline!r} is not valid; "
+        raise MarkerError(f"@pytest.mark.min_speedup baseline {shown(baseline)} is not valid; "
                           "accepted: a technique expression such as 'none' or 'fp16'")
     return MinSpeedup(factor=factor, baseline=baseline.strip(), budget_key=budget_key)
 
@@ -144,5 +145,5 @@ def parse_sd_technique(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     raw = _one_positional("sd_technique", args, kwargs, "expr")
     if not isinstance(raw, str):
         raise MarkerError(f"@pytest.mark.sd_technique expects a string such as "
-                          f"'fp16+vae_slicing', got {raw!r}")
+                          f"'fp16+vae_slicing', got {shown(raw)}")
     return raw

@@ -36,6 +36,11 @@ HOSTILE_MARKERS: dict[str, tuple[str, str]] = {
     "vram_two_limits": ("max_vram('3GB', limit='2GB')", "takes exactly one limit"),
     "vram_budget_int": ("max_vram(budget=3)", "budget 3 is not valid"),
     "vram_budget_no_file": ("max_vram(budget='x')", "needs a budgets file"),
+    "vram_huge_second_arg": ("max_vram(1, 10**5000)", "takes exactly one limit, got args=(1, "
+                             "an integer of about 1e5000)"),
+    "vram_huge_metric": ("max_vram('3GB', metric=10**5000)", "metric an integer of about 1e5000"),
+    "vram_huge_budget": ("max_vram(budget=10**5000)", "budget an integer of about 1e5000"),
+    "technique_huge_int": ("sd_technique(10**5000)", "got an integer of about 1e5000"),
     "vram_unknown_keyword": ("max_vram('3GB', limt='2GB')", "unexpected keyword(s) limt"),
     "speedup_huge_int": (f"min_speedup({BIG})", "factor is an integer of about 1e400"),
     "speedup_nan": ("min_speedup(float('nan'))", "factor nan is not a finite number"),
