@@ -131,7 +131,7 @@ class RunResults:
             raise ResultsError(f"{path}: {exc.problem}") from exc
         except UnicodeDecodeError as exc:
             raise ResultsError(f"{path}: not a pytest-sdmem results file (not UTF-8 text: "
-                               f"{exc.reason} at byte {exc.start})") from exc
+                               f"{exc})") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
