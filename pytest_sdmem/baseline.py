@@ -10,7 +10,6 @@ compared with the reason, because a silent cross-card comparison would gate on n
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pytest_sdmem.tolerances import (
     Tolerances,
     format_change,
 )
+from pytest_sdmem.units import UnitError, check_number
 
 Status = Literal["regression", "improvement", "unchanged"]
 
@@ -73,10 +73,10 @@ def record_key(record: TestRecord) -> RecordKey:
 
 def _number(section: dict[str, Any] | None, name: str) -> float | None:
     """The finite number under ``name``, or None (absent, not a number, infinite, NaN)."""
-    value = (section or {}).get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    try:
+        return check_number((section or {}).get(name), name)
+    except UnitError:
         return None
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -410,7 +410,9 @@ _SECTION_NUMBERS: dict[str, dict[str, bool]] = {
                "process_peak_bytes": False},
     "budget": {"max_vram_bytes": True},
     "latency": {"median": False},
-    "speedup": {"ratio": True, "ci_low": True, "ci_high": True},
+    # No interval (both null) is a first-class result: a measurement that stopped inconclusive
+    # before it had the pairs for one; a single bound is a broken file.
+    "speedup": {"ratio": True, "ci_low": False, "ci_high": False},
 }
 
 
@@ -456,6 +458,10 @@ def _record_problem(run: RunResults) -> str | None:
                     value is not None and _number(section, key) is None
                 ):
                     return f"{where}.{name}.{key} is not a number"
+        if record.speedup is not None and (
+            (record.speedup.get("ci_low") is None) != (record.speedup.get("ci_high") is None)
+        ):
+            return f"{where}.speedup has one of ci_low and ci_high: give both, or null for both"
         if (problem := _estimate_problem(record)) is not None:
             return f"{where}.{problem}"
         if not isinstance(record.verdicts, list) or not all(

@@ -33,14 +33,14 @@ of value (a size stays a size).
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, parse_size
+from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, check_number, parse_size, shown
+from pytest_sdmem.userfiles import MAX_BUDGETS_BYTES, UserFileError, read_user_file
 
 DEFAULT_TABLE = "default"
 OVERHEAD_TABLE = "overhead"
@@ -72,9 +72,9 @@ class Budget:
 def read_budgets_text(path: Path) -> str:
     """The file's text, or a BudgetError saying why it cannot be read."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BudgetError(f"cannot read budgets file {path}: {exc.strerror or exc}") from exc
+        data = read_user_file(path, "budgets file", MAX_BUDGETS_BYTES)
+    except UserFileError as exc:
+        raise BudgetError(str(exc)) from exc
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -98,6 +98,10 @@ def parse_toml(text: str, path: Path, what: str = "budgets file") -> dict[str, A
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BudgetError(f"{what} {path} is not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise BudgetError(f"{what} {path}: its TOML nests deeper than Python can parse") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise BudgetError(f"{what} {path} is not valid TOML: {exc}") from exc
 
 
 def _parse_value(where: str, raw: Any) -> Budget:
@@ -110,9 +114,11 @@ def _parse_value(where: str, raw: Any) -> Budget:
                 f"{where} = {raw!r} is not a size; accepted: {ACCEPTED_SIZES}"
             ) from None
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        if not math.isfinite(raw) or raw <= 0:
-            raise BudgetError(f"{where} = {raw!r} is not a positive finite speed-up factor")
-        return Budget("factor", float(raw), repr(raw))
+        try:
+            factor = check_number(raw, "speed-up factor", positive=True)
+        except UnitError as exc:
+            raise BudgetError(f"{where}: {exc}") from None
+        return Budget("factor", factor, repr(raw))
     raise BudgetError(
         f"{where} = {raw!r} is neither {_KIND_WORDS['size']} nor {_KIND_WORDS['factor']}"
     )
@@ -147,7 +153,7 @@ def _parse_overhead_size(where: str, raw: Any) -> int:
     try:
         return parse_size(raw)
     except UnitError:
-        raise BudgetError(f"{where} = {raw!r} is not a size; accepted: 0 or "
+        raise BudgetError(f"{where} = {shown(raw)} is not a size; accepted: 0 or "
                           f"{ACCEPTED_SIZES}") from None
 
 

@@ -5,7 +5,9 @@ It shares its core with the pytest plugin (``baseline.compare_runs``, the report
 ``sdmem compare`` in a CI step and ``--sdmem-compare`` in the test run reach the same verdicts.
 
 Exit status: 0 fine, 1 a figure regressed beyond its tolerance, 2 bad input (an unreadable,
-corrupt or foreign file, a bad tolerance, a missing optional dependency) with one line on stderr.
+corrupt or foreign file, a bad tolerance, a missing optional dependency) with one line on stderr,
+3 an internal error (a bug of sdmem, one line on stderr): never 1, which a CI step reads as a
+regression.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pytest_sdmem.tolerances import (
     parse_tolerances,
 )
 
-EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class UsageError(Exception):
@@ -136,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             UsageError) as exc:
         print(f"sdmem: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - a bug must not read as "regressed" (exit 1)
+        print(f"sdmem: internal error, please report it: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
         UnmetRequirementError,
         make_sd_pipe,
     )
-    from pytest_sdmem.techniques import parse_technique
+    from pytest_sdmem.techniques import TechniqueError, parse_technique
 
     settings = request.config.stash[SETTINGS]
     defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
@@ -64,8 +64,12 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
                                 defaults, safety_checker=settings.safety_checker)
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
-    except ModelError as exc:
-        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
+    except (ModelError, TechniqueError) as exc:  # a technique the model cannot take, too
+        failure = f"{request.node.nodeid}: {exc}"
+    else:
+        failure = None
+    if failure is not None:  # failed outside the except: pytest would print the chained error
+        pytest.fail(failure, pytrace=False)
     state = request.node.stash.get(STATE, None)
     if state is not None:
         state.sd_pipe = pipe

@@ -6,12 +6,18 @@ is reported at collection against its own test, with the value given and the acc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_sdmem.units import ACCEPTED_SIZES, UnitError, format_size, parse_size
+from pytest_sdmem.units import (
+    ACCEPTED_SIZES,
+    UnitError,
+    check_number,
+    format_size,
+    parse_size,
+    shown,
+)
 
 METRICS = {
     "allocated": "peak bytes held by tensors (CUDA: max_memory_allocated)",
@@ -64,7 +70,8 @@ def _one_positional(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], ke
         return args[0]
     if not args and key in kwargs:
         return kwargs[key]
-    raise MarkerError(f"@pytest.mark.{name} takes exactly one {key}, got args={args!r}; "
+    raise MarkerError(f"@pytest.mark.{name} takes exactly one {key}, got args="
+                      f"({', '.join(map(shown, args))}); "
                       f"usage: {MARKERS[name]}")
 
 
@@ -78,7 +85,7 @@ def _value_or_budget(name: str, args: tuple[Any, ...], kwargs: dict[str, Any], k
         raise MarkerError(f"@pytest.mark.{name} takes a {key} or budget=, not both; "
                           f"usage: {MARKERS[name]}")
     if not isinstance(budget_key, str) or not budget_key:
-        raise MarkerError(f"@pytest.mark.{name} budget {budget_key!r} is not valid; accepted: "
+        raise MarkerError(f"@pytest.mark.{name} budget {shown(budget_key)} is not valid; accepted: "
                           "a key of the budgets file (--sdmem-budgets)")
     if lookup is None:
         raise MarkerError(f"@pytest.mark.{name}(budget={budget_key!r}) needs a budgets file: "
@@ -105,12 +112,12 @@ def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any],
         limit = parse_size(raw)
     except UnitError:
         raise MarkerError(
-            f"@pytest.mark.max_vram limit {raw!r} is not a size; accepted: {ACCEPTED_SIZES}"
+            f"@pytest.mark.max_vram limit {shown(raw)} is not a size; accepted: {ACCEPTED_SIZES}"
         ) from None
     metric = kwargs.get("metric", "allocated")
     if metric not in METRICS:
         raise MarkerError(
-            f"@pytest.mark.max_vram metric {metric!r} is unknown; accepted: "
+            f"@pytest.mark.max_vram metric {shown(metric)} is unknown; accepted: "
             + "; ".join(f"'{k}' ({v})" for k, v in METRICS.items())
         )
     return MaxVram(limit=limit, metric=metric, budget_key=budget_key)
@@ -121,15 +128,14 @@ def parse_min_speedup(args: tuple[Any, ...], kwargs: dict[str, Any],
     """Parse the factor; the baseline technique is validated by the technique registry."""
     _check_keywords("min_speedup", kwargs, {"factor", "baseline", "budget"})
     raw, budget_key = _value_or_budget("min_speedup", args, kwargs, "factor", "speedup", lookup)
-    factor: float | None = None
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        factor = float(raw)
-    if factor is None or not math.isfinite(factor) or factor <= 0:
-        raise MarkerError(f"@pytest.mark.min_speedup factor {raw!r} is not valid; accepted: a "
-                          "positive number such as 2.5 (the test must be 2.5x faster)")
+    try:
+        factor = check_number(raw, "factor", positive=True)
+    except UnitError as exc:
+        raise MarkerError(f"@pytest.mark.min_speedup {exc}; accepted: a positive number such "
+                          "as 2.5 (the test must be 2.5x faster)") from None
     baseline = kwargs.get("baseline", "none")
     if not isinstance(baseline, str) or not baseline.strip():
-        raise MarkerError(f"@pytest.mark.min_speedup baseline {baseline!r} is not valid; "
+        raise MarkerError(f"@pytest.mark.min_speedup baseline {shown(baseline)} is not valid; "
                           "accepted: a technique expression such as 'none' or 'fp16'")
     return MinSpeedup(factor=factor, baseline=baseline.strip(), budget_key=budget_key)
 
@@ -139,5 +145,5 @@ def parse_sd_technique(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     raw = _one_positional("sd_technique", args, kwargs, "expr")
     if not isinstance(raw, str):
         raise MarkerError(f"@pytest.mark.sd_technique expects a string such as "
-                          f"'fp16+vae_slicing', got {raw!r}")
+                          f"'fp16+vae_slicing', got {shown(raw)}")
     return raw

@@ -21,6 +21,12 @@ class Option:
     default: Any = None
     metavar: str | None = None
 
+    def argparse_help(self) -> str:
+        """The help text as argparse wants it: argparse %-formats help strings (for
+        ``%(default)s``), so a literal ``%`` such as the tolerance's "5%" must be doubled or
+        ``pytest --help`` fails with "unsupported format character"."""
+        return self.help.replace("%", "%%")
+
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
@@ -85,11 +91,11 @@ def add_options(parser: Any) -> None:
     for opt in OPTIONS:
         if opt.kind == "bool":
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.dest,
-                            help=opt.help)
+                            help=opt.argparse_help())
             parser.addini(opt.ini, opt.help, type="bool", default=False)
         else:
             group.addoption(opt.flag, action="store", default=None, dest=opt.dest,
-                            metavar=opt.metavar, help=opt.help)
+                            metavar=opt.metavar, help=opt.argparse_help())
             parser.addini(opt.ini, opt.help, type="string", default="")
 
 

@@ -288,9 +288,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         # The same generation the test ran (or the defaults), outside the memory window.
         pipe = state.sd_pipe
         args = asdict(pipe.last_args) if pipe.last_args is not None else {}
-        state.speedup = pipe.speedup_over(state.min_speedup.baseline,
-                                          factor=state.min_speedup.factor,
-                                          max_time=settings.max_time, **args)
+        try:
+            state.speedup = pipe.speedup_over(state.min_speedup.baseline,
+                                              factor=state.min_speedup.factor,
+                                              max_time=settings.max_time, **args)
+        except TechniqueError as exc:  # a baseline technique this model cannot take
+            failure = f"{item.nodeid}: min_speedup baseline: {exc}"
+        else:
+            failure = None
+        if failure is not None:  # outside the except: pytest would print the chained error
+            pytest.fail(failure, pytrace=False)
     return result
 
 

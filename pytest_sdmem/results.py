@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_sdmem.atomic import write_atomic
+from pytest_sdmem.userfiles import MAX_RESULTS_BYTES, UserFileError, read_user_file
 
 SCHEMA_VERSION = 1
 
@@ -125,13 +126,21 @@ class RunResults:
         """Read a results file, refusing anything that is not this schema with a clear reason."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ResultsError(f"{path}: cannot read results file: {exc.strerror or exc}") from exc
+            text = read_user_file(path, "results file", MAX_RESULTS_BYTES).decode("utf-8")
+        except UserFileError as exc:
+            raise ResultsError(f"{path}: {exc.problem}") from exc
+        except UnicodeDecodeError as exc:
+            raise ResultsError(f"{path}: not a pytest-sdmem results file (not UTF-8 text: "
+                               f"{exc})") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ResultsError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        except RecursionError:
+            raise ResultsError(f"{path}: not a results file (its JSON nests deeper than Python "
+                               "can parse)") from None
+        except ValueError as exc:  # an integer literal of more digits than Python converts
+            raise ResultsError(f"{path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict) or "results" not in data or "schema_version" not in data:
             raise ResultsError(
                 f"{path}: not a pytest-sdmem results file (expected an object with "

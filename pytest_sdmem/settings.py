@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_sdmem.memory import normalize_device
-from pytest_sdmem.units import UnitError, parse_size
+from pytest_sdmem.units import UnitError, check_number, parse_size
 
 
 class SettingsError(ValueError):
@@ -58,12 +58,14 @@ def cuda_state() -> tuple[bool, int]:
 
 
 def _positive(name: str, raw: Any, convert: Callable[[Any], Any]) -> Any:
+    """``raw`` converted, and checked finite and positive (``--sdmem-max-time nan`` or ``inf``
+    would otherwise be accepted here and fail every speed test later)."""
     try:
         value = convert(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or value <= 0:
-        raise SettingsError(f"{name}={raw!r} is not valid: expected a positive number")
+        check_number(value, name, positive=True)
+    except (TypeError, ValueError, OverflowError):
+        raise SettingsError(f"{name}={raw!r} is not valid: expected a positive finite "
+                            "number") from None
     return value
 
 

@@ -248,11 +248,28 @@ def _parse_slice_size(text: str) -> str | int:
     return int(text)
 
 
+_SLICE_ACCEPTED = ("'auto' (the default: half the heads), 'max' (= 1) or a positive whole "
+                   "number of heads per slice, e.g. attention_slicing(1)")
+
+
 @dataclass(frozen=True)
 class _AttentionSlicing:
     slice_size: str | int
 
     def __call__(self, pipe: Pipe, ctx: ApplyContext) -> None:
+        """Slice the attention; a slice larger than a layer's heads is refused here, against
+        the model, where the parser cannot know its head counts (diffusers would raise a bare
+        ValueError from deep inside ``set_attention_slice``)."""
+        heads = [m.sliceable_head_dim for m in pipe.unet.modules()
+                 if isinstance(getattr(m, "sliceable_head_dim", None), int)]
+        if isinstance(self.slice_size, int) and heads and self.slice_size > min(heads):
+            fewest, most = min(heads), max(heads)
+            counts = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+            raise TechniqueError(
+                f"invalid argument {self.slice_size} of attention_slicing for this model: its "
+                f"attention layers have {counts} heads, so a slice holds 1 to {fewest} of "
+                f"them; expected {_SLICE_ACCEPTED}"
+            )
         pipe.enable_attention_slicing(self.slice_size)
 
 
@@ -539,8 +556,7 @@ _ENTRIES: tuple[Technique, ...] = (
         order=22, stage=Stage.CONFIGURE, apply=_AttentionSlicing("auto"),
         output_tolerance=REORDERED,
         parameter=Parameter(
-            accepted="'auto' (the default: half the heads), 'max' (= 1) or a positive whole "
-                     "number of heads per slice, e.g. attention_slicing(1)",
+            accepted=_SLICE_ACCEPTED,
             parse=_parse_slice_size, make=_AttentionSlicing, default="auto",
         ),
         conflicts=(

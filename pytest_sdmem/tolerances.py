@@ -10,12 +10,17 @@ fall back to the default and gate the run on a tolerance nobody asked for.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from pytest_sdmem.units import UnitError, format_duration, format_size, parse_size
+from pytest_sdmem.units import (
+    UnitError,
+    check_number,
+    format_duration,
+    format_size,
+    parse_size,
+)
 
 # vram covers peak allocated and peak reserved memory, latency the median latency, speedup the
 # measured speed-up ratio (where lower is worse); ``baseline.FIGURES`` maps figures to these.
@@ -127,18 +132,20 @@ class Tolerances:
 
 def _parse_one(metric: str, value: str, item: str) -> Tolerance:
     percent = _PERCENT_RE.match(value)
-    if percent is not None:
-        return Tolerance(metric, relative=float(percent.group(1)) / 100)
     parse, example = _ABSOLUTE[metric]
     try:
-        absolute = parse(value)
+        number = float(percent.group(1)) if percent is not None else parse(value)
     except ValueError:
         raise ToleranceError(
             f"invalid tolerance {item!r}: {metric} takes a percentage such as '5%' or {example}"
         ) from None
-    if not math.isfinite(absolute):
-        raise ToleranceError(f"invalid tolerance {item!r}: not a finite value")
-    return Tolerance(metric, absolute=absolute)
+    try:
+        check_number(number, "value")
+    except UnitError:  # a run of digits past float range, e.g. "1000...0%"
+        raise ToleranceError(f"invalid tolerance {item!r}: not a finite value") from None
+    if percent is not None:
+        return Tolerance(metric, relative=number / 100)
+    return Tolerance(metric, absolute=number)
 
 
 def _parse_spec(spec: str) -> dict[str, Tolerance]:

@@ -34,6 +34,37 @@ class UnitError(ValueError):
     """A size or duration that does not parse; the message names the value and what is accepted."""
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for a message, except an integer past float range, whose thousands of
+    digits would bury the message: that is described by its magnitude."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        return f"an integer of about 1e{int(math.log10(abs(value)))}"
+    return repr(value)
+
+
+def check_number(value: object, what: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float (positive when ``positive``), or a UnitError naming ``what``.
+
+    Every number a user gives (a marker argument, an option, a budgets or results file entry)
+    passes here where it enters, because everything after computes in floats: an integer past
+    float range (``10**400``) raises OverflowError deep inside a report, and NaN or infinity
+    make every comparison with it silently false.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UnitError(f"{what} {value!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        if isinstance(value, int):
+            raise UnitError(f"{what} is {shown(value)}, beyond the range of a float")
+        raise UnitError(f"{what} {value!r} is not a finite number")
+    if positive and number <= 0:
+        raise UnitError(f"{what} {value!r} is not positive")
+    return number
+
+
 def parse_size(value: float | str) -> int:
     """Return the number of bytes ``value`` denotes; reject anything not exactly a size.
 
@@ -45,8 +76,10 @@ def parse_size(value: float | str) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # 2.8e9, as diffusers writes thresholds, is a whole number of bytes
     if isinstance(value, int):
-        if value <= 0:
-            raise UnitError(f"invalid size {value!r}: must be positive; expected {ACCEPTED_SIZES}")
+        try:
+            check_number(value, "size", positive=True)
+        except UnitError as exc:
+            raise UnitError(f"invalid size: {exc}; expected {ACCEPTED_SIZES}") from None
         return value
     if not isinstance(value, str):
         raise UnitError(

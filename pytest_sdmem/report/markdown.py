@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from pytest_sdmem.report.table import COLUMNS, Row, table_rows
 from pytest_sdmem.results import RunResults
-from pytest_sdmem.units import format_size
+from pytest_sdmem.units import UnitError, check_number, format_size
 
 
 def escape_cell(text: str) -> str:
@@ -43,9 +43,11 @@ def markdown_table(columns: tuple[str, ...], rows: Iterable[Row]) -> list[str]:
 def environment_line(environment: dict[str, object]) -> str:
     """One line saying where the figures come from: the card, its memory, the key versions."""
     parts = [str(environment.get("device_name") or environment.get("device") or "unknown device")]
-    total = environment.get("total_memory_bytes")
-    if isinstance(total, int | float) and total > 0:
-        parts.append(format_size(total))
+    try:  # a hand-edited file may hold anything here; the line shows only a usable figure
+        parts.append(format_size(check_number(environment.get("total_memory_bytes"),
+                                              "total memory", positive=True)))
+    except UnitError:
+        pass
     parts += [
         f"{name} {environment[name]}"
         for name in ("torch", "diffusers", "cuda_version", "driver_version")

@@ -41,9 +41,14 @@ def _budget_cell(record: TestRecord) -> str:
 
 
 def _speedup_cell(record: TestRecord) -> str:
+    """The speed-up and its interval; a measurement stopped before it had the pairs for an
+    interval (an inconclusive verdict) has none, and the cell says so instead of inventing one."""
     if not record.speedup:
         return "-"
     s = record.speedup
+    if s.get("ci_low") is None or s.get("ci_high") is None:
+        pairs = f": {s['pairs']} pairs" if s.get("pairs") else ""
+        return f"{s['ratio']:.2f}x [no CI{pairs}]"
     return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
 
 

@@ -76,8 +76,8 @@ def test_min_speedup_arguments_are_checked_at_collection(pytester: pytest.Pytest
     result = pytester.runpytest("-rA")
     result.assert_outcomes(errors=4)
     result.stdout.fnmatch_lines_random([
-        "*test_factor*factor 'fast' is not valid; accepted: a positive number*",
-        "*test_zero*factor 0 is not valid*",
+        "*test_factor*factor 'fast' is not a number; accepted: a positive number*",
+        "*test_zero*factor 0 is not positive*",
         "*test_baseline*unknown technique 'warp_drive'*",
         "*test_no_pipe*must use the sd_pipe fixture*",
     ])

@@ -83,7 +83,7 @@ def test_compare_markdown_to_a_file(runs: dict[str, Path], tmp_path: Path) -> No
     [
         (["compare", "{corrupt}", "{base}"], "baseline {corrupt}: not valid JSON"),
         (["compare", "{base}", "{corrupt}"], "results file {corrupt}: not valid JSON"),
-        (["compare", "{missing}", "{base}"], "baseline {missing}: cannot read results file"),
+        (["compare", "{missing}", "{base}"], "baseline {missing}: cannot read it"),
         (["compare", "{base}", "{base}", "--tolerance", "vram=lots"], "invalid tolerance"),
         (["report", "{corrupt}"], "results file {corrupt}: not valid JSON"),
         (["report", "{base}", "--format", "png"], "--format png writes binary data"),
@@ -103,6 +103,22 @@ def test_bad_input_exits_2_with_one_line(
     assert message.format(**names) in err
     assert "Traceback" not in err
     assert corrupt.read_text(encoding="utf-8") == '{"schema_version": 1, "results": ['
+
+
+def test_an_internal_error_exits_3_never_1(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Exit 1 means "a figure regressed" to the CI step that gates on it: a bug in sdmem must
+    not read as one. The failing command stands in for any bug the inputs cannot reach."""
+    import pytest_sdmem.cli
+
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(pytest_sdmem.cli.COMMANDS, "report", broken)
+    assert main(["report", str(runs["base"])]) == 3
+    err = capsys.readouterr().err
+    assert err == "sdmem: internal error, please report it: ZeroDivisionError: division by zero\n"
 
 
 @pytest.mark.parametrize("command", [[], ["report"], ["compare"]])

@@ -159,3 +159,26 @@ def test_png_without_matplotlib_is_one_clear_error(
     assert main(["report", str(results_path), "--format", "png", "-o", str(out)]) == 2
     assert "PNG reports need matplotlib" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_speedup_without_an_interval_is_reported_and_compared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A min_speedup whose time budget ran out before it had the pairs for an interval
+    (``--sdmem-max-time 1`` on a loaded machine): ``ci_low``/``ci_high`` are null in the results
+    file, and every report and the comparison take it as the inconclusive result it is."""
+    from pytest_sdmem.stats import SpeedupResult
+
+    speedup = SpeedupResult.from_pairs([0.1, 0.1], [0.125, 0.125], factor=1.5, confidence=0.95,
+                                       stop_reason="max_time", elapsed=0.5)
+    assert (speedup.ci_low, speedup.verdict) == (None, "inconclusive")
+    record = TestRecord(nodeid="t.py::test_fast", outcome="failed", device="cpu",
+                        technique="fp16", speedup=speedup.to_dict())
+    path = RunResults({"device": "cpu"}, [record]).write(tmp_path / "run.json")
+    assert table_rows([record])[0].cells[COLUMNS.index("speed-up")] == "1.25x [no CI: 2 pairs]"
+    for fmt in ("md", "html"):
+        assert main(["report", str(path), "--format", fmt]) == 0
+        assert "1.25x [no CI: 2 pairs]" in capsys.readouterr().out
+    assert main(["compare", str(path), str(path)]) == 0
+    assert "speedup" in capsys.readouterr().out
+

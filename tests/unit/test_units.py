@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_sdmem.units import UnitError, format_duration, format_size, parse_size
+from pytest_sdmem.units import (
+    UnitError,
+    check_number,
+    format_duration,
+    format_size,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +63,37 @@ def test_format_duration() -> None:
     assert format_duration(4.111) == "4.11 s"
     assert format_duration(0.8123) == "812.3 ms"
     assert format_duration(95e-6) == "95.0 µs"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (10**400, "x is an integer of about 1e400, beyond the range of a float"),
+        (-(10**5000), "x is an integer of about 1e5000"),  # past str()'s digit limit too
+        (float("nan"), "x nan is not a finite number"),
+        (float("inf"), "x inf is not a finite number"),
+        (0, "x 0 is not positive"),
+        (-0.5, "x -0.5 is not positive"),
+        (True, "x True is not a number"),
+        ("3", "x '3' is not a number"),
+        (None, "x None is not a number"),
+    ],
+    ids=["1e400", "-1e5000", "nan", "inf", "zero", "negative", "bool", "text", "none"],
+)
+def test_check_number_refuses_what_floats_cannot_hold(value: object, problem: str) -> None:
+    with pytest.raises(UnitError) as err:
+        check_number(value, "x", positive=True)
+    assert str(err.value).startswith(problem)
+
+
+def test_check_number_accepts_finite_numbers() -> None:
+    assert check_number(10**300, "x") == 1e300
+    assert check_number(-2, "x") == -2.0
+    assert check_number(2.5, "x", positive=True) == 2.5
+
+
+def test_a_size_past_float_range_is_refused_without_printing_its_digits() -> None:
+    with pytest.raises(UnitError) as err:
+        parse_size(10**400)
+    assert "about 1e400" in str(err.value) and "0" * 50 not in str(err.value)
+
