@@ -22,7 +22,11 @@ transpose the input and the output to NHWC in the workspace (the ``nchwToNhwcKer
 ``nhwcToNchwKernel`` around the ``..._nhwckrsc_...`` implicit-GEMM kernels in profiles of such
 convolutions), and the weight to KRSC: the workspace is the bytes of input, weight and output.
 That is the largest of the usual heuristic choices (implicit GEMM proper needs almost none),
-chosen because an estimate below the truth is the dangerous direction. Channels-last
+chosen because an estimate below the truth is the dangerous direction. bf16 gets a float32
+copy of the output on top (the engines' accumulator type): measured SD 1.5 peaks are further
+above the estimate without workspaces in bf16 than in fp16 of the same sizes, and the
+convolution engine is the only bf16-specific choice at the VAE decoder's peak
+(docs/estimate-evidence.md). Channels-last
 convolutions need no transposes; convolutions off tensor cores (fp32 without TF32, fp16 before
 sm70, bf16 before sm80) are counted without a workspace. With ``cudnn.benchmark`` on, cuDNN
 times every candidate with the largest workspace among those that fit in the free memory
@@ -67,11 +71,14 @@ def tensor_cores(dtype: torch.dtype, gpu: Gpu, allow_tf32: bool) -> bool:
 def cudnn_workspace(input: torch.Tensor, weight: torch.Tensor, output: torch.Tensor,
                     layout: torch.memory_format, gpu: Gpu, allow_tf32: bool = True) -> int:
     """The workspace (bytes) the model gives a cuDNN convolution: the NHWC/KRSC copies of
-    input, weight and output for a tensor-core convolution in NCHW, none otherwise (see the
-    module docstring)."""
+    input, weight and output for a tensor-core convolution in NCHW (and for bf16 a float32
+    copy of the output), none otherwise (see the module docstring)."""
     if layout == torch.channels_last or not tensor_cores(input.dtype, gpu, allow_tf32):
         return 0
-    return sum(t.numel() * t.element_size() for t in (input, weight, output))
+    copies = sum(t.numel() * t.element_size() for t in (input, weight, output))
+    if input.dtype == torch.bfloat16:
+        copies += output.numel() * 4
+    return copies
 
 
 class CudaConvolution(TorchFunctionMode):
