@@ -66,9 +66,11 @@ def test_model_offload_below_the_gpu_run_and_3_5_gb_with_slicing_below_3_gb() ->
     assert estimate("fp16+model_offload").start_allocated == pytest.approx(609e6, rel=1e-3)
     # On sm90 the cuBLAS workspace is 32 MiB instead of 8.125: the same pipeline exceeds
     # diffusers' 3.5e9 there, and the budgets file's sm90 tables add the difference
-    # (tests/techniques/budgets.toml).
+    # (tests/techniques/budgets.toml). Blocks placed after the workspace fall differently
+    # into the allocator's segments: the difference is the workspaces' within 1 MiB.
     on_h200 = allocated("fp16+model_offload", gpu="NVIDIA H200")
-    assert on_h200 - offloaded == CUBLAS_WORKSPACES["sm90"] - CUBLAS_WORKSPACES["other"]
+    assert on_h200 - offloaded == pytest.approx(
+        CUBLAS_WORKSPACES["sm90"] - CUBLAS_WORKSPACES["other"], abs=2**20)
     budgets = load_budgets(Path(__file__).parents[1] / "techniques" / "budgets.toml")
     assert budgets.vram("model_offload", "NVIDIA H200") == (
         3.5e9 + CUBLAS_WORKSPACES["sm90"] - CUBLAS_WORKSPACES["other"])
