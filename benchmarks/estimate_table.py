@@ -114,8 +114,7 @@ def main() -> None:
         return
     print()
     print("\n".join(estimates(gpu, args.batches, args.steps, safety_checker=True)))
-    if args.no_safety_checker:
-        print()
+    if args.no_safety_checker:  # more rows of the same table
         print("\n".join(estimates(gpu, args.batches, args.steps, safety_checker=False)[2:]))
 
 

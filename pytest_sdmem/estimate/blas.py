@@ -60,8 +60,9 @@ def cublas_workspace(gpu: Gpu, config: str | None = None) -> int:
     if pairs is None:
         raise BlasConfigError(f"CUBLAS_WORKSPACE_CONFIG={config!r} is not ':SIZE_KIB:COUNT' "
                               "pairs (e.g. ':4096:8')")
-    numbers = [int(n) for n in re.findall(r"\d+", config)]
-    return sum(size * KIB * count for size, count in zip(numbers[::2], numbers[1::2]))
+    numbers = [int(n) for n in re.findall(r"\d+", config)]  # an even count: the regex above
+    return sum(size * KIB * count
+               for size, count in zip(numbers[::2], numbers[1::2], strict=True))
 
 
 def cublaslt_workspace(size_kib: str | None = None) -> int:

@@ -97,8 +97,9 @@ def gpu_for(name: str | None) -> Gpu:
 
     A name whose words equal a row's is that row. Otherwise the row whose words all occur in
     the name, the longest such, is taken ("NVIDIA L40S vGPU" is the L40S); then the first
-    row of the family the name's model word names ("H100" is the H100 80GB HBM3). A name matching no row keeps its name with the default card's properties
-    (``known`` False), so that a card with its own budgets table can still be estimated.
+    row of the family the name's model word names ("H100" is the H100 80GB HBM3). A name
+    matching no row keeps its name with the default card's properties (``known`` False), so
+    that a card with its own budgets table can still be estimated.
     """
     if name is None:
         name = DEFAULT_GPU
