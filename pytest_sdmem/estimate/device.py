@@ -139,7 +139,8 @@ class SimulatedDevice:
         """Free a block from ``allocate``, ``copy_in`` or a storage."""
         if block is None:
             return
-        if self._live.pop(id(block), (block, ""))[1] is None:
+        entry = self._live.pop(id(block), None)
+        if entry is not None and entry[1] is None:  # a weight
             self._weights -= block.size
         self.allocator.free(block)
 

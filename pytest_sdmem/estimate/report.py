@@ -29,6 +29,8 @@ NOT_MODELLED: tuple[str, ...] = (
     "NHWC/KRSC copies of a tensor-core convolution in NCHW (the largest usual choice), so an "
     "engine that needs none makes the real figure lower; with torch.backends.cudnn.benchmark "
     "on, the trials use workspaces up to the free memory: the real figure can be far higher",
+    "bf16 convolutions before sm80 (V100, T4): cuDNN does not take them and torch's im2col "
+    "fallback allocates a column buffer per image: the real figure is higher",
     "kernel-internal temporaries other than the SDPA kernels' and cuDNN's (e.g. GroupNorm's "
     "per-channel float32 buffers, kilobytes) and flash attention's split-KV accumulators "
     "(short sequences only, megabytes): the real figure is higher only if one is alive at the "
