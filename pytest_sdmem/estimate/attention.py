@@ -8,8 +8,8 @@ kernel for the target card the way ``sdp::select_sdp_backend``
 (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp) does with the default backends
 enabled, and allocates on meta what that kernel allocates on CUDA. The order is flash,
 memory-efficient, math, with cuDNN first on sm90 (``check_prefer_cudnn_attention``: torch
-builds with cuDNN newer than 9.15 on Hopper); the checks of ``can_use_*_attention`` are in
-:func:`choose_kernel`. What each allocates besides reading its inputs:
+builds with cuDNN newer than 9.15, assumed; flash allocates the same); the checks of
+``can_use_*_attention`` are in :func:`choose_kernel`. What each allocates besides its inputs:
 
 * cuDNN (fp16/bf16, sm80+, head dims multiples of 8 up to 128, masks allowed, the query laid
   out as batch x seq x heads x dim): the output like the query (``alloc_with_matching_layout``)
@@ -70,7 +70,8 @@ _SINGLE_PASS_MAX_HEAD_DIM = 128
 
 def prefers_cudnn(gpu: Gpu) -> bool:
     """Whether cuDNN attention comes first on ``gpu`` (``check_prefer_cudnn_attention``: sm90
-    and sm100, given a cuDNN newer than 9.15, which current CUDA wheels ship)."""
+    and sm100, given a cuDNN newer than 9.15: CUDA 13 wheels; with the older cuDNN of CUDA
+    12.x wheels flash runs instead, which allocates the same)."""
     return gpu.capability[0] in (9, 10)
 
 
