@@ -58,7 +58,8 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     try:
         if settings.estimate:
             pipe = EstimatedSdPipe(settings.model, parse_technique(technique), defaults,
-                                   safety_checker=settings.safety_checker)
+                                   safety_checker=settings.safety_checker,
+                                   gpu=settings.estimate_for)
         else:
             pipe = make_sd_pipe(settings.model, technique, settings.device, settings.cache_dir,
                                 defaults, safety_checker=settings.safety_checker)

@@ -76,8 +76,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sdmem-estimate", "estimate the CUDA peak of sd_pipe generations on the meta "
            "device, without a GPU (sd15 by default)", "bool"),
     Option("--sdmem-estimate-for", "with --sdmem-estimate: the GPU model the estimate stands "
-           "for, as torch.cuda.get_device_name() names it; its budgets and calibrated overhead "
-           "in the budgets file apply (default: [default] budgets, no overhead)",
+           "for, as torch.cuda.get_device_name() names it; its kernels (compute capability: "
+           "SDPA backend, cuBLAS workspace, tensor cores) are those of the card table "
+           "(docs/estimate-evidence.md), its budgets and calibrated overhead in the budgets file "
+           "apply (default: NVIDIA A100-SXM4-80GB's kernels, [default] budgets, no overhead)",
            metavar="GPU_NAME"),
     Option("--sdmem-no-safety-checker", "load pipelines without their safety checker (sd15 "
            "and real models include it by default, as diffusers' own thresholds were measured "

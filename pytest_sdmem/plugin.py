@@ -160,6 +160,9 @@ def environment_header(device: str, env: dict[str, Any]) -> list[str]:
                  part("ECC", gpu["ecc"]), part("MIG", gpu["mig"])]
         lines.append(f"sdmem: {device} {gpu['name']} ({gpu['uuid']}): "
                      + ", ".join(p for p in parts if p is not None))
+    if (card := env.get("estimate_gpu")) is not None:
+        lines.append(f"sdmem: estimates stand for {card}"
+                     + ("" if env.get("estimate_for") else " (the default; --sdmem-estimate-for)"))
     if (baseline := env.get("session_baseline")) is not None:
         lines.append(
             f"sdmem: session baseline on {baseline['device']}: "
@@ -591,7 +594,16 @@ class SessionHooks:
         self.overhead = (budgets.overhead(device_name)
                          if budgets is not None and settings.estimate else None)
         if settings.estimate:
+            from pytest_sdmem.estimate.blas import BlasConfigError, blas_workspaces
+            from pytest_sdmem.estimate.gpus import gpu_for
+
+            card = gpu_for(settings.estimate_for)
+            try:
+                blas_workspaces(card)
+            except BlasConfigError as exc:  # every estimate would fail on it
+                raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
             self.environment["estimate_for"] = settings.estimate_for
+            self.environment["estimate_gpu"] = card.describe()
         self.gate = self._load_gate()
         self.collector = Collector()
 

@@ -318,7 +318,7 @@ class EstimatedSdPipe:
         raise self._unavailable("the diffusers pipeline (sd_pipe.pipe)")
 
     def __init__(self, model: str, technique: TechniqueSet, defaults: GenerationArgs,
-                 *, safety_checker: bool = True) -> None:
+                 *, safety_checker: bool = True, gpu: str | None = None) -> None:
         from pytest_sdmem.estimate import ESTIMATED_DEVICE
 
         self.model = model
@@ -326,6 +326,7 @@ class EstimatedSdPipe:
         self.defaults = defaults
         self.device = ESTIMATED_DEVICE
         self.safety_checker = safety_checker
+        self.gpu = gpu  # the card the estimates stand for (--sdmem-estimate-for)
         self.last_args: GenerationArgs | None = None
         self.estimates: list[Any] = []
 
@@ -334,7 +335,8 @@ class EstimatedSdPipe:
 
         args = self.defaults.with_overrides(**overrides)
         self.estimates.append(estimate_generation(self.model, self.technique, args,
-                                                  safety_checker=self.safety_checker))
+                                                  safety_checker=self.safety_checker,
+                                                  gpu=self.gpu))
         self.last_args = args
         return EstimatedImages((args.batch_size, args.height, args.width, 3))
 
@@ -353,7 +355,7 @@ class EstimatedSdPipe:
     def fresh(self, technique: str, **overrides: Any) -> EstimatedSdPipe:
         return EstimatedSdPipe(self.model, parse_technique(technique),
                                self.defaults.with_overrides(**overrides),
-                               safety_checker=self.safety_checker)
+                               safety_checker=self.safety_checker, gpu=self.gpu)
 
     def release(self) -> None:
         self.estimates.clear()

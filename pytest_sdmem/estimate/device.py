@@ -13,17 +13,20 @@ bytes. Two kinds of storage are not on the simulated GPU:
 * storages declared host-resident (``keep_on_host``): an offloaded model's weights live on the
   CPU; a placement policy accounts for their temporary GPU copies with ``copy_in``/``release``.
 
-Phases name the model that ran last, so that a report can say where the peak was reached.
+Phases name the model that ran last, so that a report can say where the peak was reached;
+each new high of the allocated figure also takes a ``PeakPlace`` (module, function, largest
+live blocks: see ``peak``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from pytest_sdmem.estimate.allocator import Block, CachingAllocatorModel
+from pytest_sdmem.estimate.peak import PeakPlace, describe_tensor, largest
 from pytest_sdmem.memory.cpu import StorageCounter
 
 #: The phase before any model has run (and the name for work outside the models).
@@ -45,21 +48,22 @@ class _StorageEvents(StorageCounter):
     def rescan(self) -> None:
         """Start empty: what exists before activation is placed explicitly, or is not on the GPU."""
 
-    def see_storage(self, storage: torch.UntypedStorage, *args: Any, **kwargs: Any) -> bool:
+    def see_storage(self, storage: torch.UntypedStorage, tensor: torch.Tensor | None = None,
+                    **kwargs: Any) -> bool:
         key = storage._cdata
         if key in self._device.host_keys:
             return True
         before = self._refs.get(key)
         old_bytes = before.nbytes if before is not None and before() is storage else None
-        if not super().see_storage(storage, *args, **kwargs):
+        if not super().see_storage(storage, tensor, **kwargs):
             return False
         ref = self._refs[key]
         if old_bytes is None:
             if before is not None:  # a dead storage under the same key whose callback is pending
                 self._device.storage_freed(id(before))
-            self._device.storage_born(id(ref), ref.nbytes)
+            self._device.storage_born(id(ref), ref.nbytes, tensor)
         elif old_bytes != ref.nbytes:  # resized: CUDA allocates the new size, then frees the old
-            self._device.storage_resized(id(ref), ref.nbytes)
+            self._device.storage_resized(id(ref), ref.nbytes, tensor)
         return True
 
     def _on_free(self, ref: Any) -> None:
@@ -74,7 +78,8 @@ class SimulatedDevice:
 
     While active, every meta storage created in this thread is an allocation of the model
     allocator (``allocator``), freed when the storage is released. ``phase_peaks`` holds the
-    highest allocated figure reached in each phase.
+    highest allocated figure reached in each phase, ``peak_place`` where the overall peak was
+    (module and function from ``where``, set by the caller, e.g. to a ``Locator``'s).
     """
 
     def __init__(self) -> None:
@@ -82,7 +87,13 @@ class SimulatedDevice:
         self.host_keys: set[int] = set()
         self.phase = PIPELINE_PHASE
         self.phase_peaks: dict[str, int] = {}
+        self.peak_place: PeakPlace | None = None
+        self.where: Callable[[], tuple[str, str]] = lambda: (PIPELINE_PHASE, "-")
         self._blocks: dict[int, Block | None] = {}
+        #: Every allocated block and what it holds (tensor, where made); None for a weight.
+        self._live: dict[int, tuple[Block, tuple[str, str] | None]] = {}
+        self._weights = 0
+        self._placing = False
         self._events = _StorageEvents(self)
 
     @property
@@ -99,8 +110,12 @@ class SimulatedDevice:
     def place(self, tensors: Iterable[torch.Tensor]) -> None:
         """Allocate tensors that already exist (weights), in the given order, as a ``.to``
         would; a storage seen before is not allocated again."""
-        for tensor in tensors:
-            self._events.see_storage(tensor.untyped_storage())
+        self._placing = True
+        try:
+            for tensor in tensors:
+                self._events.see_storage(tensor.untyped_storage(), None)
+        finally:
+            self._placing = False
 
     def keep_on_host(self, tensors: Iterable[torch.Tensor]) -> None:
         """Declare tensors to live on the CPU: their storages never count on the device."""
@@ -108,11 +123,25 @@ class SimulatedDevice:
 
     def copy_in(self, tensor: torch.Tensor, stream: int = 0) -> Block | None:
         """Allocate the device copy of a host tensor (``tensor.to("cuda")``: dense, its own
-        storage, on the current ``stream``)."""
-        return self._malloc(tensor.numel() * tensor.element_size(), stream)
+        storage, on the current ``stream``); a weight."""
+        return self._malloc(tensor.numel() * tensor.element_size(), stream, None)
 
     def release(self, block: Block | None) -> None:
         """Free a block from ``copy_in`` (the device copy is dropped)."""
+        self.free(block)
+
+    def allocate(self, nbytes: int, what: str) -> Block | None:
+        """A block no tensor of the meta run holds (a library's workspace), described as
+        ``what``; give it back with ``free``."""
+        return self._malloc(nbytes, 0, (what, self._here()))
+
+    def free(self, block: Block | None) -> None:
+        """Free a block from ``allocate``, ``copy_in`` or a storage."""
+        if block is None:
+            return
+        entry = self._live.pop(id(block), None)
+        if entry is not None and entry[1] is None:  # a weight
+            self._weights -= block.size
         self.allocator.free(block)
 
     def empty_cache(self) -> None:
@@ -130,22 +159,44 @@ class SimulatedDevice:
         self.allocator.reset_peak()
         self.phase_peaks = {}
         self._note_peak()
+        self._take_peak_place()
 
-    def storage_born(self, ident: int, nbytes: int) -> None:
-        self._blocks[ident] = self._malloc(nbytes, 0)
+    def storage_born(self, ident: int, nbytes: int, tensor: torch.Tensor | None = None) -> None:
+        self._blocks[ident] = self._malloc(nbytes, 0, self._label(tensor))
 
-    def storage_resized(self, ident: int, nbytes: int) -> None:
+    def storage_resized(self, ident: int, nbytes: int, tensor: torch.Tensor | None = None) -> None:
         old = self._blocks.get(ident)
-        self._blocks[ident] = self._malloc(nbytes, 0)
-        self.allocator.free(old)
+        self._blocks[ident] = self._malloc(nbytes, 0, self._label(tensor))
+        self.free(old)
 
     def storage_freed(self, ident: int) -> None:
-        self.allocator.free(self._blocks.pop(ident, None))
+        self.free(self._blocks.pop(ident, None))
 
-    def _malloc(self, nbytes: int, stream: int) -> Block | None:
+    def _here(self) -> str:
+        module, op = self.where()
+        return module if op == "-" else f"{module} ({op})"
+
+    def _label(self, tensor: torch.Tensor | None) -> tuple[str, str] | None:
+        return None if self._placing else (describe_tensor(tensor), self._here())
+
+    def _malloc(self, nbytes: int, stream: int, label: tuple[str, str] | None) -> Block | None:
+        peak = self.allocator.peak_allocated
         block = self.allocator.malloc(nbytes, stream)
+        if block is None:
+            return None
+        self._live[id(block)] = (block, label)
+        if label is None:
+            self._weights += block.size
         self._note_peak()
+        if self.allocator.peak_allocated > peak:
+            self._take_peak_place()
         return block
+
+    def _take_peak_place(self) -> None:
+        module, op = self.where()
+        live = [(block.size, *label) for block, label in self._live.values() if label is not None]
+        self.peak_place = PeakPlace(self.allocator.allocated, self.phase, module, op,
+                                    self._weights, largest(live))
 
     def _note_peak(self) -> None:
         allocated = self.allocator.allocated

@@ -13,26 +13,31 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pytest_sdmem.budgets import Overhead
+from pytest_sdmem.estimate.peak import PeakPlace
 from pytest_sdmem.memory.tracker import MemoryReport
 from pytest_sdmem.runner import GenerationArgs
 from pytest_sdmem.units import format_duration, format_size
 
 #: ``MemoryReport.device`` of an estimate.
 ESTIMATED_DEVICE = "cuda (estimated)"
-ESTIMATED_DEVICE_NAME = "simulated CUDA caching allocator, sm80+ attention kernels"
+ESTIMATED_DEVICE_NAME = "simulated CUDA caching allocator"
 
 #: What counts in ``max_memory_allocated`` on a real GPU but is not in the estimate, and what
 #: the estimate assumes. Each entry says which way it moves the real figure.
 NOT_MODELLED: tuple[str, ...] = (
-    "cuBLAS/cuBLASLt workspaces (allocated through the caching allocator at the first matmul "
-    "and kept: a few MiB to 32 MiB per stream, depending on the GPU): the real figure is higher",
-    "cuDNN convolution workspaces and kernel-internal temporaries (e.g. GroupNorm's per-channel "
-    "buffers): transient, higher real figure only if one is alive at the peak",
+    "cuDNN convolution engines are cuDNN's own choice: the workspace is modelled as the "
+    "NHWC/KRSC copies of a tensor-core convolution in NCHW (the largest usual choice), so an "
+    "engine that needs none makes the real figure lower; with torch.backends.cudnn.benchmark "
+    "on, the trials use workspaces up to the free memory: the real figure can be far higher",
+    "bf16 convolutions before sm80 (V100, T4): cuDNN does not take them and torch's im2col "
+    "fallback allocates a column buffer per image: the real figure is higher",
+    "kernel-internal temporaries other than the SDPA kernels' and cuDNN's (e.g. GroupNorm's "
+    "per-channel float32 buffers, kilobytes) and flash attention's split-KV accumulators "
+    "(short sequences only, megabytes): the real figure is higher only if one is alive at the "
+    "peak",
     "the caching allocator runs with default settings (no expandable_segments, "
     "max_split_size_mb or roundup_power2_divisions) and unlimited memory: a GPU that fills up "
     "frees its cache and retries, which changes block reuse, not the bytes alive",
-    "SDPA kernels are chosen as on an sm80+ GPU (A100, H100) with the default backends; "
-    "cuDNN attention is counted as flash (they differ by the log-sum-exp only)",
     "the CUDA context, loaded kernels and library handles are outside the allocator: they are "
     "in memory_reserved/nvidia-smi, never in max_memory_allocated",
     "timesteps stay on the host (on the GPU they are one 512-byte block) and tensor values read "
@@ -59,6 +64,9 @@ class EstimateReport:
     placement: str
     attention_kernels: dict[str, int]
     seconds: float
+    gpu: str
+    blas_workspaces: str
+    peak_place: PeakPlace | None = None
     not_modelled: tuple[str, ...] = field(default=NOT_MODELLED)
 
     @property
@@ -78,7 +86,7 @@ class EstimateReport:
         process = overhead.process if overhead is not None else None
         return MemoryReport(
             device=ESTIMATED_DEVICE,
-            device_name=ESTIMATED_DEVICE_NAME + (
+            device_name=f"{ESTIMATED_DEVICE_NAME} for {self.gpu}" + (
                 f" + overhead of {overhead.device_name}" if overhead is not None else ""),
             peak_allocated=self.estimated_allocated,
             peak_reserved=self.estimated_reserved + (extra or 0),
@@ -109,6 +117,9 @@ class EstimateReport:
             "phase_peaks_bytes": dict(self.phase_peaks),
             "placement": self.placement,
             "attention_kernels": dict(self.attention_kernels),
+            "gpu": self.gpu,
+            "blas_workspaces": self.blas_workspaces,
+            "peak_place": self.peak_place.to_dict() if self.peak_place is not None else None,
             "seconds": self.seconds,
             "not_modelled": list(self.not_modelled),
         }
@@ -128,6 +139,8 @@ class EstimateReport:
             f"  weights at start {format_size(self.start_allocated)}, end "
             f"{format_size(self.end_allocated)}; tensor bytes at the peak "
             f"{format_size(self.tensor_bytes_at_peak)} before block rounding",
+            f"  for {self.gpu}; {self.blas_workspaces}",
+            f"  {self.peak_place or 'peak place unknown'}",
             f"  phase peaks: {phases}",
             f"  placement: {self.placement}; SDPA kernels: {kernels or 'none called'}",
             f"  estimated in {format_duration(self.seconds)} on meta tensors; not modelled: "

@@ -7,7 +7,10 @@ the text encoder, the denoising loop with classifier-free guidance, the VAE deco
 checker and the image postprocessing. A ``SimulatedDevice`` turns the meta storages the code
 creates and frees into blocks of the CUDA caching allocator model; a placement policy decides
 where the weights are (see ``placement``); ``CudaAttention`` and ``CudaConvolution`` make SDPA
-and 2-d convolutions allocate what the CUDA kernels would.
+and 2-d convolutions allocate what the CUDA kernels of the target card (``gpus``) would,
+cuDNN's convolution workspace included, and the first model entered allocates the cuBLAS and
+cuBLASLt workspaces (``blas``), which stay. A ``Locator`` names the module and function
+running at the peak.
 
 What had to be bypassed, all at the boundary between device and host, none of it inside the
 models:
@@ -41,8 +44,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from pytest_sdmem.estimate.attention import CudaAttention
+from pytest_sdmem.estimate.blas import BlasWorkspaces, blas_workspaces
 from pytest_sdmem.estimate.convolution import CudaConvolution
 from pytest_sdmem.estimate.device import SimulatedDevice
+from pytest_sdmem.estimate.gpus import Gpu, gpu_for
+from pytest_sdmem.estimate.peak import Locator
 from pytest_sdmem.estimate.placement import (
     GroupOffload,
     ModelEntries,
@@ -138,14 +144,16 @@ def placement_for(ts: TechniqueSet) -> Placement:
 
 def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "none",
                         args: GenerationArgs | None = None, *, safety_checker: bool = True,
-                        max_steps: int = DEFAULT_MAX_STEPS) -> EstimateReport:
+                        max_steps: int = DEFAULT_MAX_STEPS,
+                        gpu: Gpu | str | None = None) -> EstimateReport:
     """Estimate ``torch.cuda.max_memory_allocated`` of one generation of the synthetic
-    ``model`` ("sd15", "tiny") under ``technique``, without a GPU.
+    ``model`` ("sd15", "tiny") under ``technique`` on ``gpu`` (a card or its
+    ``get_device_name()``; default ``gpus.DEFAULT_GPU``), without a GPU.
 
     ``args`` defaults to the guide's generation (one 512x512 image); at most ``max_steps``
     steps are run (see ``DEFAULT_MAX_STEPS``). Raises UnsupportedTechniqueError for a set
-    ``unsupported_reason`` refuses, TechniqueError for an unknown one and ModelError for a
-    model that is not synthetic.
+    ``unsupported_reason`` refuses, TechniqueError for an unknown one, ModelError for a
+    model that is not synthetic and BlasConfigError for unreadable cuBLAS variables.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -154,6 +162,8 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     if reason is not None:
         raise UnsupportedTechniqueError(reason)
     args = args or GenerationArgs()
+    card = gpu if isinstance(gpu, Gpu) else gpu_for(gpu)
+    workspaces = blas_workspaces(card)
     steps = min(args.num_inference_steps, max_steps)
     started = time.perf_counter()
     pipe = build_pipeline(model, device="meta", safety_checker=safety_checker)
@@ -163,14 +173,18 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
         use_scheduler(pipe, args.scheduler)
     models = Models.of(pipe)
     placement = placement_for(ts)
+    locator = Locator(models.models)
     with SimulatedDevice() as device:
+        device.where = locator.where
         try:
             placement.attach(models, device)
             start = device.allocated
             device.reset_peak()
-            with ModelEntries(models, [device.set_phase, placement.enter_model]), \
-                    CudaAttention() as attention, CudaConvolution(), HostBoundary(), \
-                    timesteps_on_host(pipe):
+            entries = [device.set_phase, placement.enter_model, BlasOnFirstEntry(device,
+                                                                                 workspaces)]
+            with ModelEntries(models, entries), CudaAttention(card) as attention, \
+                    CudaConvolution(card, device), HostBoundary(), timesteps_on_host(pipe), \
+                    locator:
                 pipe(**replace(args, num_inference_steps=steps).pipeline_kwargs(),
                      output_type="np")
             placement.finish()
@@ -187,7 +201,26 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
             phase_peaks=dict(device.phase_peaks), placement=placement.description,
             attention_kernels=dict(attention.kernels),
             seconds=time.perf_counter() - started,
+            gpu=card.describe(), blas_workspaces=workspaces.describe(),
+            peak_place=device.peak_place,
         )
+
+
+class BlasOnFirstEntry:
+    """A ``ModelEntries`` listener: the first model entered allocates the cuBLAS and cuBLASLt
+    workspaces, as its first matrix product does on CUDA (every model of the pipeline starts
+    with one within its first layers), and they are never freed."""
+
+    def __init__(self, device: SimulatedDevice, workspaces: BlasWorkspaces) -> None:
+        self._device = device
+        self._workspaces = workspaces
+        self._done = False
+
+    def __call__(self, name: str) -> None:
+        if not self._done:
+            self._done = True
+            self._device.allocate(self._workspaces.cublas, "cuBLAS workspace")
+            self._device.allocate(self._workspaces.cublaslt, "cuBLASLt workspace")
 
 
 class HostBoundary(TorchFunctionMode):

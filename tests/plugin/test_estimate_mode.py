@@ -64,6 +64,8 @@ def test_budgets_against_the_estimate(pytester: pytest.Pytester, model_cache: Pa
         "SKIPPED *cannot estimate 'jit_trace'*",
         "SKIPPED *estimates sd_pipe generations, and this test has none*",
         "*test_fits*(est.)*",
+        "sdmem: estimates stand for NVIDIA A100-SXM4-80GB (sm80,*(the default; "
+        "--sdmem-estimate-for)",
     ])
     records = {r["nodeid"].split("::")[1]: r
                for r in json.loads((pytester.path / "r.json").read_text())["results"]}
@@ -71,6 +73,8 @@ def test_budgets_against_the_estimate(pytester: pytest.Pytester, model_cache: Pa
     assert fits["estimated"] is True and fits["technique"] == "fp16"
     assert fits["estimate"]["estimated_allocated_bytes"] == fits["memory"]["peak_allocated_bytes"]
     assert fits["estimate"]["generation"]["batch_size"] == 2
+    assert fits["estimate"]["peak_place"]["allocated_bytes"] == (
+        fits["estimate"]["estimated_allocated_bytes"])
 
 
 def test_a_skip_for_pixels_never_hides_an_estimate_over_budget(
@@ -150,6 +154,8 @@ def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
     pytester.makepyfile(test_file.format(limit=simulated["test_reserved"] + 50_000_000))
     second = pytester.runpytest(*args, f"--sdmem-estimate-for={card}", "--sdmem-json=r.json")
     second.assert_outcomes(passed=1, failed=1)
+    second.stdout.fnmatch_lines([f"sdmem: estimates stand for {card} (sm80,*not in the card "
+                                 "table: kernels chosen as on NVIDIA A100-SXM4-80GB"])
     overhead = 96 * 2**20  # 100 MB rounded up to the MiB (100.66 MB)
     second.stdout.fnmatch_lines([
         "*test_reserved*(incl. +100.66 MB overhead)*FAIL max_vram",

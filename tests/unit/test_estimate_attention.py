@@ -15,6 +15,7 @@ from diffusers.models.attention_processor import (
 )
 
 from pytest_sdmem.estimate.attention import (
+    CUDNN,
     EFFICIENT,
     FLASH,
     MATH,
@@ -22,6 +23,7 @@ from pytest_sdmem.estimate.attention import (
     choose_kernel,
 )
 from pytest_sdmem.estimate.device import SimulatedDevice
+from pytest_sdmem.estimate.gpus import gpu_for
 
 
 def _qkv(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -40,6 +42,60 @@ def test_kernel_choice_follows_the_cuda_rules() -> None:
     q, k, v = _qkv((2, 8, 64, 40), torch.float16)
     assert choose_kernel(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), v) == MATH
     assert choose_kernel(q[0], k[0], v[0]) == MATH  # 3-d inputs
+
+
+def _diffusers_qkv(batch: int, heads: int, seq: int, dim: int,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Q, K, V as diffusers' processors make them: (B, L, H*D) viewed as (B, H, L, D)."""
+    return tuple(torch.empty(batch, seq, heads * dim, dtype=dtype, device="meta")
+                 .view(batch, seq, heads, dim).transpose(1, 2) for _ in range(3))
+
+
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+A100, H100, L4 = "NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3", "NVIDIA L4"
+V100, T4 = "Tesla V100-SXM2-16GB", "Tesla T4"
+
+
+@pytest.mark.parametrize(("card", "dtype", "heads", "dim", "mask", "kernel"), [
+    # SD 1.5's UNet (head dims 40, 80, 160): flash on sm80/sm89, cuDNN first on sm90 up to
+    # head dim 128, where flash takes over; fp32 has no flash or cuDNN kernel.
+    (A100, F16, 8, 40, False, FLASH), (A100, BF16, 8, 160, False, FLASH),
+    (L4, F16, 8, 80, False, FLASH),
+    (H100, F16, 8, 40, False, CUDNN), (H100, BF16, 8, 80, False, CUDNN),
+    (H100, F16, 8, 160, False, FLASH),
+    (A100, F32, 8, 40, False, EFFICIENT), (H100, F32, 8, 160, False, EFFICIENT),
+    # The VAE's single 512-wide head: above flash's 256 and cuDNN's 128, the memory-efficient
+    # kernel has no limit.
+    (A100, F16, 1, 512, False, EFFICIENT), (H100, BF16, 1, 512, False, EFFICIENT),
+    (A100, F32, 1, 512, False, EFFICIENT),
+    # A mask rules flash out, not cuDNN.
+    (A100, F16, 8, 40, True, EFFICIENT), (H100, F16, 8, 40, True, CUDNN),
+    # Before sm80: no flash or cuDNN; the memory-efficient kernel takes fp16 and fp32, not bf16.
+    (V100, F16, 8, 40, False, EFFICIENT), (T4, F32, 8, 40, False, EFFICIENT),
+    (T4, BF16, 8, 40, False, MATH), (V100, F16, 1, 512, False, EFFICIENT),
+    # GEMM alignment of the head dim: 8 for fp16 (tensor cores), for fp32 4 on sm80, 1 before.
+    (A100, F16, 2, 12, True, MATH), (A100, F32, 2, 6, True, MATH), (V100, F32, 2, 6, True,
+                                                                      EFFICIENT),
+])
+def test_backend_choice_table(card: str, dtype: torch.dtype, heads: int, dim: int, mask: bool,
+                              kernel: str) -> None:
+    q, k, v = _diffusers_qkv(2, heads, 4096 if dim >= 40 else 64, dim, dtype)
+    attn_mask = torch.empty(2, 1, q.shape[2], k.shape[2], dtype=dtype, device="meta")
+    assert choose_kernel(q, k, v, attn_mask if mask else None, gpu=gpu_for(card)) == kernel
+
+
+def test_cudnn_needs_the_sequence_major_layout_and_allocates_like_flash() -> None:
+    h100 = gpu_for(H100)
+    q, k, v = _qkv((2, 8, 256, 32), torch.float16)  # heads-major: cuDNN's layout check fails
+    assert choose_kernel(q, k, v, gpu=h100) == FLASH
+    with SimulatedDevice() as device, CudaAttention(h100) as attention, torch.no_grad():
+        q, k, v = _diffusers_qkv(2, 8, 256, 32, torch.float16)
+        inputs = 3 * 2 * 256 * 256 * 2
+        out = F.scaled_dot_product_attention(q, k, v)
+        # Output 262,144 and float32 statistics 2*8*256*4 = 16,384, freed at return.
+        assert device.allocator.peak_allocated == inputs + 262_144 + 16_384
+        assert out.stride() == q.stride()
+    assert dict(attention.kernels) == {CUDNN: 1}
 
 
 def test_flash_allocates_output_like_the_query_and_a_transient_log_sum_exp() -> None:

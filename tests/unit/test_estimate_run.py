@@ -131,6 +131,26 @@ def test_report_as_memory_report_dict_and_text(tiny: dict[str, EstimateReport]) 
     assert "cuBLAS" in text and f"in {report.peak_phase}" in text
 
 
+def test_the_card_decides_kernels_and_workspaces_and_the_report_names_it(
+        tiny: dict[str, EstimateReport]) -> None:
+    a100 = estimate_tiny(tiny, "fp16+sdpa")
+    h100 = estimate_generation("tiny", "fp16+sdpa", TINY_ARGS, gpu="NVIDIA H100 80GB HBM3")
+    assert a100.attention_kernels.get("cudnn", 0) == 0 < h100.attention_kernels["cudnn"]
+    # The same weights; the peak holds the larger sm90 cuBLAS workspace (32 MiB, not 8.125).
+    assert h100.start_allocated == a100.start_allocated
+    assert h100.estimated_allocated - a100.estimated_allocated >= (32 - 8.125) * 2**20
+    assert "NVIDIA A100-SXM4-80GB (sm80" in a100.gpu and "sm90" in h100.gpu
+    assert "cuBLAS 32 MiB" in h100.blas_workspaces
+    place = h100.peak_place
+    assert place is not None and place.allocated == h100.estimated_allocated
+    assert place.phase == h100.peak_phase and place.module.startswith(place.phase)
+    assert any(t.tensor == "cuBLAS workspace" for t in place.largest)
+    data = json.loads(json.dumps(h100.to_dict()))
+    assert data["gpu"] == h100.gpu and data["peak_place"]["op"] == place.op
+    assert f"peak in {place.phase}, {place.module} calling {place.op}" in str(h100)
+    assert "NVIDIA H100 80GB HBM3" in h100.to_memory_report().device_name
+
+
 def test_steps_are_capped_and_the_cap_is_reported() -> None:
     report = estimate_generation("tiny", "fp16", TINY_ARGS.with_overrides(num_inference_steps=50))
     assert report.steps_estimated == DEFAULT_MAX_STEPS
