@@ -8,6 +8,7 @@ JUnit properties, the session table, the results file).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -746,8 +747,13 @@ class SessionHooks:
                                               f"{summary}: {exc}", ok=False))
 
     def pytest_unconfigure(self) -> None:
-        for outcome in self.end_lines:  # no terminal summary showed them
-            print(f"pytest-sdmem: {outcome.text}", file=sys.stderr)
+        """Lines no terminal summary showed, on stderr past pytest's capture (still on here)."""
+        if not self.end_lines:
+            return
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            for outcome in self.end_lines:
+                print(f"pytest-sdmem: {outcome.text}", file=sys.stderr)
 
     def _append_step_summary(self, path: str, run: RunResults) -> None:
         """GitHub Actions shows this file on the job's page: the table, then the comparison."""

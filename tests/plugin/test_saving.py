@@ -168,3 +168,12 @@ def test_block():
         "sdmem: wrote baseline base.json (1 record)",
     ])
     assert json.loads(old_baseline.read_text())["complete"] is True
+
+
+def test_without_a_terminal_summary_the_lines_go_to_stderr(
+    pytester: pytest.Pytester, old_baseline: Path
+) -> None:
+    result = pytester.runpytest("--sdmem-save=base.json", "-p", "no:terminal")
+    result.stderr.fnmatch_lines(["pytest-sdmem: baseline NOT saved to base.json: no test was "
+                                 "measured; the file there is unchanged"])
+    assert old_baseline.read_bytes() == OLD_BASELINE
