@@ -223,6 +223,8 @@ class Comparison:
                 f"Improvements beyond tolerance: {REFRESH_HINT}",
                 [f"{d.key}: {d.message}" for d in self.improvements],
             ),
+            ("Not comparable (figures not compared)",
+             [f"{n.key}: {n.reason}" for n in self.not_compared]),
             ("New since the baseline (not compared)", [str(k) for k in self.new]),
             ("Gone since the baseline", [str(k) for k in self.gone]),
             ("Warnings", self.warnings),
@@ -281,7 +283,28 @@ def _unlike(base: TestRecord, base_env: dict[str, Any], head: TestRecord,
     if base.estimated != head.estimated:
         which = "baseline" if base.estimated else "this run"
         return f"the {which}'s figures are estimates, the other's are measured"
-    return None
+    return _generation_difference(base.generation, head.generation)
+
+
+def _generation_difference(base: dict[str, Any] | None,
+                           head: dict[str, Any] | None) -> str | None:
+    """How two records' generation settings differ (None: alike). A record without them from
+    a file written before they were recorded cannot be shown to be alike: not comparable."""
+    if base == head:
+        return None
+    if base is None or head is None:
+        which = "the baseline" if base is None else "this run"
+        return (f"{which} does not record the generation settings (written by an older "
+                "pytest-sdmem): save a new baseline")
+    names = [*GENERATION_ORDER, *sorted((set(base) | set(head)) - set(GENERATION_ORDER))]
+    diff = [n for n in names if base.get(n) != head.get(n)]
+    return ("generated differently: "
+            + ", ".join(f"{n} {base.get(n)!r} in the baseline, {head.get(n)!r} now" for n in diff))
+
+
+#: The order in which generation differences are named (any other field comes after).
+GENERATION_ORDER = ("model", "height", "width", "steps", "batch_size", "dtype", "guidance_scale",
+                    "scheduler", "safety_checker")
 
 
 def _index(run: RunResults, side: str, warnings: list[str]) -> dict[RecordKey, TestRecord]:
@@ -399,8 +422,14 @@ def load_results(path: str | os.PathLike[str], what: str = "results file") -> Ru
 
 
 def load_baseline(path: str | os.PathLike[str]) -> RunResults:
-    """Read a baseline: a results file, refused with a :class:`BaselineError` naming it."""
-    return load_results(path, "baseline")
+    """Read a baseline: a results file of a session that ran to its end, refused with a
+    :class:`BaselineError` naming it otherwise (the figures of an interrupted run would make
+    every test it did not reach "new" and hide their regressions)."""
+    run = load_results(path, "baseline")
+    if not run.complete:
+        raise BaselineError(f"baseline {os.fspath(path)} is the results file of a session that "
+                            f"did not complete ({run.incomplete_reason}): not a baseline")
+    return run
 
 
 # Per record section: the fields the comparison and the reports read, and whether each must be
@@ -464,6 +493,8 @@ def _record_problem(run: RunResults) -> str | None:
             return f"{where}.speedup has one of ci_low and ci_high: give both, or null for both"
         if (problem := _estimate_problem(record)) is not None:
             return f"{where}.{problem}"
+        if record.generation is not None and not isinstance(record.generation, dict):
+            return f"{where}.generation is not an object"
         if not isinstance(record.verdicts, list) or not all(
             isinstance(v, dict) and isinstance(v.get("kind"), str) for v in record.verdicts
         ):

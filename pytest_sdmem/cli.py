@@ -20,6 +20,7 @@ from pathlib import Path
 from pytest_sdmem.baseline import BaselineError, compare_runs, load_baseline, load_results
 from pytest_sdmem.budgets import BudgetError
 from pytest_sdmem.calibration import CalibrationError, append_to_budgets, calibrate_files
+from pytest_sdmem.outputs import Location, OutputError, check_locations
 from pytest_sdmem.report.html import render_html
 from pytest_sdmem.report.markdown import render_markdown
 from pytest_sdmem.report.png import PlotUnavailableError, render_png
@@ -97,7 +98,14 @@ def _write(output: Path | None, content: str | bytes) -> None:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from exc
 
 
+def _check_output(output: Path | None, *inputs: tuple[str, Path]) -> None:
+    """Before any work: ``-o`` must be writable and must not be a file the command reads."""
+    if output is not None:
+        check_locations([Location("-o", output)], [Location(name, path) for name, path in inputs])
+
+
 def _report(args: argparse.Namespace) -> int:
+    _check_output(args.output, ("RESULTS.json", args.results))
     results = load_results(args.results)
     render = {"md": render_markdown, "html": render_html, "png": render_png}[args.format]
     _write(args.output, render(results, title=args.title))
@@ -106,6 +114,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     tolerances = parse_tolerances(args.tolerance)  # before reading: a typo is the cheaper error
+    _check_output(args.output, ("BASE.json", args.base), ("HEAD.json", args.head))
     comparison = compare_runs(load_baseline(args.base), load_results(args.head), tolerances)
     text = comparison.render_markdown() if args.format == "md" else comparison.render_text()
     _write(args.output, text)
@@ -134,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (BaselineError, BudgetError, CalibrationError, ToleranceError, PlotUnavailableError,
-            UsageError) as exc:
+    except (BaselineError, BudgetError, CalibrationError, OutputError, ToleranceError,
+            PlotUnavailableError, UsageError) as exc:
         print(f"sdmem: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - a bug must not read as "regressed" (exit 1)

@@ -8,8 +8,10 @@ JUnit properties, the session table, the results file).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import sys
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import asdict
@@ -32,8 +34,10 @@ from pytest_sdmem.markers import (
 )
 from pytest_sdmem.memory import MemoryBackend, MemoryReport, MemoryTracker, get_backend
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
+from pytest_sdmem.outputs import OutputError, check_locations, session_locations
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
+from pytest_sdmem.saving import Outcome, SessionEnd, write_outputs
 from pytest_sdmem.settings import Settings, SettingsError, Workers, build_settings
 from pytest_sdmem.state import SETTINGS, STATE, Collector, TestState, technique_of
 from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
@@ -133,7 +137,8 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = _workers(config)
     try:
         settings = build_settings(raw, default_cache_dir(config.rootpath), workers=workers)
-    except SettingsError as exc:
+        check_locations(*session_locations(settings, config.getoption("xmlpath", None)))
+    except (SettingsError, OutputError) as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
     config.stash[SETTINGS] = settings
     hooks = SessionHooks(config, settings, workers)
@@ -380,6 +385,15 @@ def _latency(state: TestState) -> dict[str, Any] | None:
     return None
 
 
+def _generation(state: TestState, settings: Settings) -> dict[str, Any] | None:
+    """The record's generation settings: only a test with sd_pipe has any."""
+    if state.sd_pipe is None:
+        return None
+    from pytest_sdmem.runner import generation_settings  # sd_pipe imported it already
+
+    return generation_settings(state.sd_pipe, settings.model, settings.safety_checker)
+
+
 def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
     settings = item.config.stash[SETTINGS]
     return TestRecord(
@@ -397,6 +411,7 @@ def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) ->
                  "key": state.max_vram.budget_key} if state.max_vram else None),
         latency=_latency(state),
         speedup=state.speedup.to_dict() if state.speedup else None,
+        generation=_generation(state, settings),
     )
 
 
@@ -606,6 +621,11 @@ class SessionHooks:
             self.environment["estimate_gpu"] = card.describe()
         self.gate = self._load_gate()
         self.collector = Collector()
+        self.collect_errors = 0
+        self.interrupted: str | None = None
+        #: What the session's end wrote, or why not: shown by the terminal summary, or on
+        #: stderr at unconfigure when there is none (an internal error, -p no:terminal).
+        self.end_lines: list[Outcome] = []
 
     @property
     def is_worker(self) -> bool:
@@ -692,11 +712,27 @@ class SessionHooks:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.add(report)
 
-    def _run(self) -> RunResults:
-        return RunResults(environment=self.environment, results=self.collector.records)
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collect_errors += 1
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C, or ``pytest.exit()`` (which may even exit 0): the session did not end."""
+        self.interrupted = excinfo.exconly().strip()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker or not self.collector.records:
+        if self.is_worker:
+            return
+        try:
+            self._summary(terminalreporter)
+        finally:
+            for outcome in self.end_lines:
+                terminalreporter.write_line(f"sdmem: {outcome.text}", green=outcome.ok,
+                                            yellow=not outcome.ok)
+            self.end_lines = []
+
+    def _summary(self, terminalreporter: Any) -> None:
+        if not self.collector.records:
             return
         terminalreporter.write_sep("=", "sdmem: memory and speed")
         for line in render_text(table_rows(self.collector.records)):
@@ -709,16 +745,34 @@ class SessionHooks:
             for message in comparison.warnings:
                 terminalreporter.write_line(f"warning: {message}", yellow=True)
 
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Write the outputs (see ``saving``); the terminal summary, which pytest shows after
+        this hook, tells what was written."""
         if self.is_worker:
             return
-        run = self._run()
-        for path in (self.settings.json_path, self.settings.save_path):
-            if path is not None:
-                run.write(path)
+        end = SessionEnd(exitstatus=exitstatus, collect_only=bool(self.config.option.collectonly),
+                         collect_errors=self.collect_errors, interrupted=self.interrupted,
+                         stopped=str(session.shouldfail or session.shouldstop or "") or None)
+        reason = end.incomplete_reason()
+        run = RunResults(environment=self.environment, results=self.collector.records,
+                         complete=reason is None, incomplete_reason=reason)
+        self.end_lines = write_outputs(run, self.settings.json_path, self.settings.save_path)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary and run.results:
-            self._append_step_summary(summary, run)
+            try:
+                self._append_step_summary(summary, run)
+            except Exception as exc:  # noqa: BLE001 - like any output: reported, not fatal
+                self.end_lines.append(Outcome(f"could not append to GITHUB_STEP_SUMMARY "
+                                              f"{summary}: {exc}", ok=False))
+
+    def pytest_unconfigure(self) -> None:
+        """Lines no terminal summary showed, on stderr past pytest's capture (still on here)."""
+        if not self.end_lines:
+            return
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            for outcome in self.end_lines:
+                print(f"pytest-sdmem: {outcome.text}", file=sys.stderr)
 
     def _append_step_summary(self, path: str, run: RunResults) -> None:
         """GitHub Actions shows this file on the job's page: the table, then the comparison."""

@@ -49,6 +49,10 @@ class TestRecord:
     duration_s: float | None = None
     leak_bytes: int | None = None
     snapshot: dict[str, Any] | None = None
+    #: The settings of the test's last sd_pipe generation that change its figures (see
+    #: ``runner.generation_settings``); None for a test without sd_pipe. Figures of different
+    #: generations are never compared.
+    generation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,13 +113,18 @@ class RunResults:
 
     environment: dict[str, Any]
     results: list[TestRecord] = field(default_factory=list)
+    #: Whether the session ran to its end; a file of one that did not (interrupted, stopped by
+    #: -x, a collection error) says why in ``incomplete_reason`` and is never a baseline.
+    #: Files written before this field existed read as complete.
+    complete: bool = True
+    incomplete_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "environment": self.environment,
-            "results": [r.to_dict() for r in self.results],
-        }
+        data: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "complete": self.complete}
+        if not self.complete:
+            data["incomplete_reason"] = self.incomplete_reason
+        return {**data, "environment": self.environment,
+                "results": [r.to_dict() for r in self.results]}
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically: a temporary file in the same directory, then ``os.replace``."""
@@ -155,9 +164,14 @@ class RunResults:
             isinstance(r, dict) and "nodeid" in r for r in data["results"]
         ):
             raise ResultsError(f"{path}: 'results' must be a list of objects with a 'nodeid'")
+        complete = data.get("complete", True)
+        if not isinstance(complete, bool):
+            raise ResultsError(f"{path}: 'complete' must be true or false")
         return cls(
             environment=dict(data.get("environment") or {}),
             results=[TestRecord.from_dict(r) for r in data["results"]],
+            complete=complete,
+            incomplete_reason=None if complete else str(data.get("incomplete_reason")),
         )
 
 

@@ -89,6 +89,21 @@ class GenerationArgs:
                 f"guidance {self.guidance_scale:g}")
 
 
+def generation_settings(pipe: SdPipe | EstimatedSdPipe, model: str,
+                        safety_checker: bool) -> dict[str, Any]:
+    """What the test's sd_pipe generated, as far as it changes the memory and speed figures:
+    the record's ``generation``. Two records that differ here measured different work, so the
+    baseline comparison never compares them. The prompt and the seed are left out: every
+    prompt is padded to the text encoder's 77 tokens, and noise values do not change the
+    work. The last generation counts (the defaults if the test did not generate)."""
+    args = pipe.last_args or pipe.defaults
+    return {"model": model, "height": args.height, "width": args.width,
+            "steps": args.num_inference_steps, "batch_size": args.batch_size,
+            "guidance_scale": args.guidance_scale, "scheduler": args.scheduler,
+            "dtype": str(pipe.technique.dtype).removeprefix("torch."),
+            "safety_checker": safety_checker}
+
+
 #: Builds a fresh pipeline with a technique set applied, for the given generation.
 Loader = Callable[[TechniqueSet, GenerationArgs], Pipe]
 

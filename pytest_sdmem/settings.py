@@ -167,10 +167,6 @@ def build_settings(
     if exclusive and raw.get("sdmem_share_gpu"):
         raise SettingsError("--sdmem-exclusive and --sdmem-share-gpu contradict each other: a "
                             "shared GPU has other processes on it by design; choose one")
-    save, compare = _path(raw, "sdmem_save"), _path(raw, "sdmem_compare")
-    if save is not None and compare is not None and save.resolve() == compare.resolve():
-        raise SettingsError(f"--sdmem-save and --sdmem-compare name the same file ({save}): a "
-                            "compare run never overwrites its baseline; save elsewhere")
     return Settings(
         gpu=gpu,
         device=device,
@@ -186,8 +182,8 @@ def build_settings(
         strict_leaks=bool(raw.get("sdmem_strict_leaks")),
         json_path=_path(raw, "sdmem_json"),
         budgets_path=_path(raw, "sdmem_budgets"),
-        save_path=save,
-        compare_path=compare,
+        save_path=_path(raw, "sdmem_save"),
+        compare_path=_path(raw, "sdmem_compare"),
         tolerance=raw.get("sdmem_tolerance") or None,
         share_gpu=bool(raw.get("sdmem_share_gpu")),
         exclusive=exclusive,

@@ -7,6 +7,16 @@ directory, gets a marker file listing its files and sizes last, and is then rena
 (atomic on one file system): a reader sees either no entry or a complete one. An entry without
 a valid marker (a killed copy, a truncated file) is never used: it is moved aside and rebuilt.
 
+The marker holds each file's size and SHA-256, so any change to an entry after it was built (a
+same-size edit of a config or of one weight byte included) is found, and the entry rebuilt
+with a warning saying which file changed. Hashing ``sd15``'s 3.4 GB at every load would cost
+seconds, so each file is hashed once per identity: ``.<entry>.verified.json`` beside the entry
+keeps, per file, the stat fields that any write changes (size, mtime, ctime, inode, device) as
+they were when its hash last matched; a load only stats the files, and re-hashes just those
+whose stamp changed (a touched, copied or edited file). ctime cannot be set back by a user
+(``touch -d`` and ``os.utime`` set mtime, and update ctime), so an edit that restores the mtime
+is still re-hashed.
+
 Builders of the same entry (pytest-xdist workers) serialise on an ``flock`` so that the
 expensive ``sd15`` build happens once; where no lock is available the atomic rename still
 decides: the first rename wins and the loser discards its copy.
@@ -19,6 +29,7 @@ import hashlib
 import json
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +37,7 @@ from typing import Any
 
 import diffusers
 
+from pytest_sdmem.atomic import write_atomic
 from pytest_sdmem.pipelines.build import build_pipeline
 from pytest_sdmem.pipelines.configs import get_spec
 from pytest_sdmem.pipelines.errors import ModelError
@@ -38,9 +50,14 @@ except ImportError:  # Windows: no flock; the atomic rename alone keeps entries 
     fcntl = None  # type: ignore[assignment]
 
 #: Bumped whenever the way entries are built or laid out changes, so old entries are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Written last into an entry; an entry without a valid one is incomplete.
 MARKER_NAME = "sdmem-entry.json"
+_HASH_CHUNK = 8 * 2**20
+
+
+class CacheWarning(UserWarning):
+    """A cache entry changed after it was built, and was rebuilt."""
 _TEMP_PREFIX = ".tmp-"
 _STALE_PREFIX = ".stale-"
 
@@ -65,23 +82,83 @@ def entry_name(model: str, *, seed: int = 0, safety_checker: bool = False) -> st
     return f"{model}-seed{seed}{checker}-{key[:16]}"
 
 
-def _file_sizes(directory: Path) -> dict[str, int]:
-    return {
-        path.relative_to(directory).as_posix(): path.stat().st_size
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MARKER_NAME
-    }
+def _files(directory: Path) -> list[str]:
+    """Every file of an entry but its marker, as relative POSIX paths."""
+    return [path.relative_to(directory).as_posix() for path in sorted(directory.rglob("*"))
+            if path.is_file() and path != directory / MARKER_NAME]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    """What any write to ``path`` changes (see the module docstring)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _stamps_path(entry: Path) -> Path:
+    return entry.with_name(f".{entry.name}.verified.json")
+
+
+def _read_stamps(entry: Path) -> dict[str, Any]:
+    try:
+        stamps = json.loads(_stamps_path(entry).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _write_stamps(entry: Path, stamps: dict[str, list[int]]) -> None:
+    """Remember the files verified just now; a cache that cannot be written (read-only) is
+    verified again next time, nothing worse."""
+    try:
+        write_atomic(_stamps_path(entry), json.dumps(stamps, sort_keys=True))
+    except OSError:
+        pass
+
+
+def entry_problem(entry: Path, key: str) -> str | None:
+    """Why ``entry`` is not a complete, unchanged entry for ``key``; None when it is.
+
+    Its files must be exactly the marker's, each of its size and SHA-256. A file is hashed
+    only when its stamp differs from the one kept when it was last verified.
+    """
+    try:
+        marker = json.loads((entry / MARKER_NAME).read_text())
+        if marker["key"] != key:
+            return "its marker is for another key"
+        files: dict[str, dict[str, Any]] = marker["files"]
+        present = _files(entry)
+        if sorted(files) != present:
+            changed = sorted(set(files) ^ set(present))
+            return f"files added or removed since it was built: {', '.join(changed)}"
+        known = _read_stamps(entry)
+        stamps = {}
+        for name, expected in files.items():
+            stamp = _stamp(entry / name)
+            if stamp[0] != expected["size"]:
+                return f"{name} is {stamp[0]} bytes, built as {expected['size']}"
+            if known.get(name) != stamp and _sha256(entry / name) != expected["sha256"]:
+                return f"{name} changed since it was built (its SHA-256 differs)"
+            stamps[name] = stamp
+    except FileNotFoundError:
+        return "it is incomplete (no marker, or a file missing)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"its marker cannot be read ({exc})"
+    if stamps != known:
+        _write_stamps(entry, stamps)
+    return None
 
 
 def is_complete(entry: Path, key: str) -> bool:
-    """Whether ``entry`` has a marker for ``key`` and every file it lists, at its size."""
-    try:
-        marker = json.loads((entry / MARKER_NAME).read_text())
-        return marker["key"] == key and all(
-            (entry / name).stat().st_size == size for name, size in marker["files"].items()
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    """Whether ``entry`` is complete and unchanged since it was built (see entry_problem)."""
+    return entry_problem(entry, key) is None
 
 
 def _write_marker(directory: Path, key: str, model: str, seed: int, safety_checker: bool) -> None:
@@ -92,7 +169,8 @@ def _write_marker(directory: Path, key: str, model: str, seed: int, safety_check
         "seed": seed,
         "safety_checker": safety_checker,
         "diffusers_version": diffusers.__version__,
-        "files": _file_sizes(directory),
+        "files": {name: {"size": (directory / name).stat().st_size,
+                         "sha256": _sha256(directory / name)} for name in _files(directory)},
     }
     (directory / MARKER_NAME).write_text(json.dumps(marker, indent=2, sort_keys=True))
 
@@ -140,8 +218,9 @@ def _remove_leftovers(cache_dir: Path, name: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _publish(temp: Path, entry: Path, key: str) -> None:
-    """Rename a complete temporary directory into place, unless another builder won.
+def _publish(temp: Path, entry: Path, key: str) -> bool:
+    """Rename a complete temporary directory into place, unless another builder won; returns
+    whether this one won.
 
     When the rename loses (the entry appeared meanwhile, complete), ``temp`` is left for the
     caller to discard.
@@ -153,6 +232,8 @@ def _publish(temp: Path, entry: Path, key: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not is_complete(entry, key):
             raise
+        return False
+    return True
 
 
 def ensure_cached(
@@ -161,15 +242,20 @@ def ensure_cached(
     """The directory of a complete cache entry for a synthetic model, built if needed.
 
     Inside ``cache_dir`` only the entry's own names are ever written or removed (the entry,
-    ``.<entry>.lock``, ``.tmp-<entry>-*``, ``.stale-<entry>-*``), and an existing entry is
-    replaced only when it has no valid marker: nothing else in the directory is touched.
+    ``.<entry>.lock``, ``.<entry>.verified.json``, ``.tmp-<entry>-*``, ``.stale-<entry>-*``),
+    and an existing entry is replaced only when it is incomplete or changed since it was
+    built (with a :class:`CacheWarning` naming what changed): nothing else is touched.
     """
     key = cache_key(model, seed=seed, safety_checker=safety_checker)
     name = entry_name(model, seed=seed, safety_checker=safety_checker)
     cache_dir = Path(cache_dir)
     entry = cache_dir / name
-    if is_complete(entry, key):
+    problem = entry_problem(entry, key)
+    if problem is None:
         return entry
+    if entry.exists():
+        warnings.warn(CacheWarning(f"synthetic model cache entry {entry}: {problem}; "
+                                   "rebuilding it"), stacklevel=2)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _build_lock(cache_dir / f".{name}.lock") as locked:
@@ -187,7 +273,8 @@ def ensure_cached(
                         temp, safe_serialization=True
                     )
                 _write_marker(temp, key, model, seed, safety_checker)
-                _publish(temp, entry, key)
+                if _publish(temp, entry, key):  # its files were hashed just now, unchanged
+                    _write_stamps(entry, {n: _stamp(entry / n) for n in _files(entry)})
             finally:
                 shutil.rmtree(temp, ignore_errors=True)  # gone when published; else discarded
     except OSError as exc:

@@ -122,9 +122,3 @@ def test_brand_new():
     assert "| test_inner_gate.py::test_brand_new |" in text.replace("\\_", "_")
     assert "baseline" in text
 
-
-def test_save_and_compare_must_differ(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_inner_gate=TEST_FILE)
-    result = pytester.runpytest("--sdmem-save=b.json", "--sdmem-compare=b.json")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*name the same file*"])
