@@ -6,9 +6,17 @@ counted from the tensors themselves, exact to the byte:
 * at activation, the garbage collector's view of live objects gives the tensors (and bare
   storages) that already exist; each distinct storage (key ``storage._cdata``, the address of
   its ``StorageImpl``) is counted once;
-* from then on a ``TorchDispatchMode`` sees every op's inputs and outputs in the activating
-  thread; a storage not yet known is added, a view of a known storage adds nothing, a storage
-  whose ``nbytes`` changed (``resize_``, ``out=``) is updated;
+* from then on a ``TorchDispatchMode`` sees every op's inputs and outputs; a storage not yet
+  known is added, a view of a known storage adds nothing, a storage whose ``nbytes`` changed
+  (``resize_``, ``out=``) is updated. Dispatch modes are per thread: the mode is pushed in the
+  activating thread, and every thread started after the counter was made runs one for its
+  whole life (``threading.setprofile``: it does nothing while the counter is inactive). A
+  Python thread started *before* the counter existed cannot be entered, so activating while
+  one is alive is an error naming it rather than a figure that silently misses its tensors;
+* a storage made without a dispatched op (``torch.frombuffer``, ``torch.UntypedStorage(n)``)
+  counts from the first op that touches it, or from the scan at the end of a block
+  (``CpuBackend.peak_allocated``) if it is alive then; one that no op touches and that is
+  freed before the block ends is not counted;
 * every counted storage holds a ``weakref`` whose callback subtracts its bytes. torch keeps a
   storage's Python object alive for as long as the ``StorageImpl`` lives, so the callback
   fires exactly when the memory is released, not when user code drops its last Python name.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -185,6 +194,8 @@ class _CountingMode(TorchDispatchMode):
         return True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        if not self._counter.active:  # a thread's lifelong mode while nothing is measured
+            return func(*args, **(kwargs or {}))
         # The top level is unrolled here because this runs for every op: a function call per
         # argument would cost more than the counting itself.
         see = self._counter.see
@@ -226,6 +237,35 @@ def _visit(obj: Any, see: Any) -> None:
                 see(leaf)
 
 
+# Every counter, so that a thread started later enters each one (see ``_enter_new_thread``).
+_COUNTERS: weakref.WeakSet[StorageCounter] = weakref.WeakSet()
+_HOOK_LOCK = threading.Lock()
+_hook_installed = False
+_previous_hook: Any = None
+
+
+def _install_thread_hook() -> None:
+    """Make every thread started from now on run ``_enter_new_thread`` first (once a process)."""
+    global _hook_installed, _previous_hook
+    with _HOOK_LOCK:
+        if _hook_installed:
+            return
+        _previous_hook = threading.getprofile()
+        threading.setprofile(_enter_new_thread)
+        _hook_installed = True
+
+
+def _enter_new_thread(frame: Any, event: str, arg: Any) -> None:
+    """threading's profile hook, run at the first event of a new thread: pushes every
+    counter's mode there for the thread's life, then hands the thread back to the profile hook
+    that was set before ours (normally none), so it costs nothing after the first event."""
+    sys.setprofile(_previous_hook)
+    for counter in list(_COUNTERS):
+        counter.enter_this_thread()
+    if _previous_hook is not None:
+        _previous_hook(frame, event, arg)
+
+
 class StorageCounter:
     """Current and peak live bytes of the tensor storages of one device type.
 
@@ -242,6 +282,10 @@ class StorageCounter:
         self._active = 0
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
+        # Threads that run this counter's mode for their whole life (started after it existed).
+        self._entered: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        _COUNTERS.add(self)
+        _install_thread_hook()
         self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.
@@ -326,18 +370,42 @@ class StorageCounter:
             finally:
                 self.deactivate()
 
+    def enter_this_thread(self) -> None:
+        """Run this counter's mode in the calling thread until the thread ends."""
+        _CountingMode(self).__enter__()
+        self._entered.add(threading.current_thread())
+
+    def blind_threads(self) -> list[threading.Thread]:
+        """Live Python threads, other than the calling one, that run no mode of this counter."""
+        me = threading.current_thread()
+        return [t for t in threading.enumerate() if t is not me and t not in self._entered]
+
     def activate(self) -> None:
-        """Install the counting mode in this thread and count what is alive (first call only)."""
+        """Install the counting mode in this thread and count what is alive (first call only).
+
+        Raises TrackerError, counting nothing, while a thread it cannot see is alive.
+        """
         with self._lock:
+            if self._active == 0 and (blind := self.blind_threads()):
+                names = ", ".join(repr(t.name) for t in blind)
+                raise TrackerError(
+                    f"exact {self.device_type} storage counting cannot see into thread(s) "
+                    f"{names}: they started before the counter existed (a thread is entered "
+                    "when it starts), so tensors they make would be missed. Start them after "
+                    "pytest-sdmem is configured (in a fixture or in the test), or end them "
+                    "before measuring"
+                )
             self._active += 1
             if self._active > 1:
                 return
             try:
                 # Mode first, then the scan: a tensor created in between is then seen by at
-                # least one of them, and seeing it twice is harmless (one key).
-                self._mode = _CountingMode(self)
-                self._mode.__enter__()
-                self._mode_thread = threading.get_ident()
+                # least one of them, and seeing it twice is harmless (one key). A thread that
+                # already runs the counter's lifelong mode needs no second one.
+                if threading.current_thread() not in self._entered:
+                    self._mode = _CountingMode(self)
+                    self._mode.__enter__()
+                    self._mode_thread = threading.get_ident()
                 self.rescan()
                 self._peak = self._current
             except BaseException:
@@ -349,7 +417,8 @@ class StorageCounter:
         with self._lock:
             if self._active == 0:
                 raise TrackerError(f"{self.device_type} storage counter deactivated while inactive")
-            if self._active == 1 and self._mode_thread != threading.get_ident():
+            if (self._active == 1 and self._mode is not None
+                    and self._mode_thread != threading.get_ident()):
                 raise TrackerError(
                     f"{self.device_type} storage counting was started in another thread: "
                     "torch dispatch modes are per thread, so it must be stopped there"
@@ -528,7 +597,10 @@ class CpuBackend:
         return self.allocated()
 
     def peak_allocated(self) -> int:
+        """The peak since the last reset; first, a scan adds storages made without a dispatched
+        op that are alive now (a block's end reads it: they count at least from there)."""
         if self.counter.active:
+            self.counter.rescan()
             return self.counter.peak
         return self.counter.snapshot_bytes()
 

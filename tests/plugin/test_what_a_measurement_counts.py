@@ -7,7 +7,13 @@ Each inner test allocates real tensors of a few MB; the outer test checks pytest
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import torch
+
+from pytest_sdmem.memory import TrackerError
+from pytest_sdmem.memory.cpu import StorageCounter
 
 MB = 2**20
 
@@ -38,6 +44,93 @@ def test_a_failed_test_leaves_nothing_in_the_next_tests_peak(pytester: pytest.Py
     result = pytester.runpytest("-W", "error::pytest_sdmem.plugin.SdmemLeakWarning")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.no_fnmatch_line("*left * of cpu memory*")
+
+
+def test_tensors_of_other_threads_and_outside_the_dispatcher_count(
+    pytester: pytest.Pytester,
+) -> None:
+    """Each test's 8 MB is made and freed in another thread, or made without a dispatched op:
+    a 4 MB budget fails on each, with the 8 MB in the figure."""
+    pytester.makepyfile(
+        f"""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pytest, torch
+
+        def allocate():
+            x = torch.ones({8 * MB}, dtype=torch.uint8)
+            return int(x.sum())
+
+        @pytest.fixture(scope="module")
+        def pool():
+            with ThreadPoolExecutor(1) as executor:
+                executor.submit(int).result()  # its thread starts here, before any measuring
+                yield executor
+
+        @pytest.mark.max_vram("4MB")
+        def test_thread():
+            worker = threading.Thread(target=allocate)
+            worker.start()
+            worker.join()
+
+        @pytest.mark.max_vram("4MB")
+        def test_executor_of_the_test():
+            with ThreadPoolExecutor(2) as executor:
+                assert executor.submit(allocate).result() == {8 * MB}
+
+        @pytest.mark.max_vram("4MB")
+        def test_executor_of_a_fixture(pool):
+            assert pool.submit(allocate).result() == {8 * MB}
+
+        @pytest.mark.max_vram("4MB")
+        def test_frombuffer_alive_at_the_end(cuda_mem_tracker):
+            with cuda_mem_tracker:
+                buffer = torch.frombuffer(bytearray({8 * MB}), dtype=torch.uint8)
+            del buffer
+
+        @pytest.mark.max_vram("4MB")
+        def test_untyped_storage_alive_at_the_end(cuda_mem_tracker):
+            with cuda_mem_tracker:
+                storage = torch.UntypedStorage({8 * MB})
+            del storage
+
+        @pytest.mark.max_vram("4MB")
+        def test_untyped_storage_used_by_an_op():
+            storage = torch.UntypedStorage({8 * MB})
+            torch.empty(0, dtype=torch.uint8).set_(storage)
+        """
+    )
+    result = pytester.runpytest("-rA", "-vv")
+    result.assert_outcomes(failed=6)
+    result.stdout.fnmatch_lines_random(
+        [f"VRAM *::{name} - peak memory 8.39 MB*exceeded max_vram 4.00 MB*" for name in (
+            "test_thread", "test_executor_of_the_test", "test_executor_of_a_fixture",
+            "test_frombuffer_alive_at_the_end", "test_untyped_storage_alive_at_the_end",
+            "test_untyped_storage_used_by_an_op")])
+
+
+def test_a_thread_the_counter_cannot_see_is_an_error() -> None:
+    """A thread started before the counter existed runs no counting mode: activating then
+    is refused, naming the thread, rather than giving a figure that misses its tensors."""
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="older-than-the-counter")
+    worker.start()
+    try:
+        counter = StorageCounter("cpu")
+        with pytest.raises(TrackerError, match=r"cannot see into thread.*'older-than-the-counter'"):
+            counter.activate()
+        assert not counter.active
+    finally:
+        stop.set()
+        worker.join()
+    counter.activate()  # the thread has ended: nothing is blind any more
+    try:
+        x = torch.ones(MB, dtype=torch.uint8)
+        assert counter.current >= MB
+        del x
+    finally:
+        counter.deactivate()
 
 
 def test_an_open_block_closes_with_the_call_and_counts(pytester: pytest.Pytester) -> None:
