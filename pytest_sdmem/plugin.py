@@ -32,7 +32,13 @@ from pytest_sdmem.markers import (
     parse_max_vram,
     parse_min_speedup,
 )
-from pytest_sdmem.memory import MemoryBackend, MemoryReport, MemoryTracker, get_backend
+from pytest_sdmem.memory import (
+    MemoryBackend,
+    MemoryReport,
+    MemoryTracker,
+    TrackerError,
+    get_backend,
+)
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
@@ -280,7 +286,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             pytest.skip(MIN_SPEEDUP_NEEDS_TIMINGS)
         return result
     tracker = MemoryTracker(get_backend(settings.device))
-    tracker.start()
+    try:
+        tracker.start()
+    except TrackerError as exc:  # it cannot measure here (a thread the CPU counter cannot see)
+        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
     if settings.snapshot_dir is not None and state.max_vram is not None:
         from pytest_sdmem.memory.snapshot import SnapshotRecorder
 

@@ -9,10 +9,11 @@ counted from the tensors themselves, exact to the byte:
 * from then on a ``TorchDispatchMode`` sees every op's inputs and outputs; a storage not yet
   known is added, a view of a known storage adds nothing, a storage whose ``nbytes`` changed
   (``resize_``, ``out=``) is updated. Dispatch modes are per thread: the mode is pushed in the
-  activating thread, and every thread started after the counter was made runs one for its
-  whole life (``threading.setprofile``: it does nothing while the counter is inactive). A
-  Python thread started *before* the counter existed cannot be entered, so activating while
-  one is alive is an error naming it rather than a figure that silently misses its tensors;
+  activating thread, and (``all_threads``, the backend's counter) every thread started after
+  the counter was made runs one for its whole life (``threading.setprofile``; it does
+  nothing while the counter is inactive). A Python thread started *before* the counter
+  existed cannot be entered, so activating while one is alive is an error naming it rather
+  than a figure that silently misses its tensors;
 * a storage made without a dispatched op (``torch.frombuffer``, ``torch.UntypedStorage(n)``)
   counts from the first op that touches it, or from the scan at the end of a block
   (``CpuBackend.peak_allocated``) if it is alive then; one that no op touches and that is
@@ -272,9 +273,14 @@ class StorageCounter:
     Activation is refcounted so that several trackers (the plugin's whole-call tracker and a
     test's own blocks) share one dispatch mode and one set of weak references. The figures
     only move while active; ``snapshot_bytes()`` counts from scratch at any time.
+
+    With ``all_threads`` (the memory backend's counter: a budget is the process's) it counts
+    in every thread started after it was made, and refuses to activate while an older thread
+    is alive; without it, only in the activating thread (the estimator's simulated device
+    follows the one thread that builds and runs the pipeline).
     """
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, *, all_threads: bool = False):
         self.device_type = device_type
         self._refs: dict[int, _StorageRef] = {}
         self._current = 0
@@ -282,10 +288,12 @@ class StorageCounter:
         self._active = 0
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
+        self.all_threads = all_threads
         # Threads that run this counter's mode for their whole life (started after it existed).
         self._entered: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-        _COUNTERS.add(self)
-        _install_thread_hook()
+        if all_threads:
+            _COUNTERS.add(self)
+            _install_thread_hook()
         self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.
@@ -376,7 +384,10 @@ class StorageCounter:
         self._entered.add(threading.current_thread())
 
     def blind_threads(self) -> list[threading.Thread]:
-        """Live Python threads, other than the calling one, that run no mode of this counter."""
+        """Live Python threads, other than the calling one, that run no mode of this counter
+        (none for a counter of the activating thread only)."""
+        if not self.all_threads:
+            return []
         me = threading.current_thread()
         return [t for t in threading.enumerate() if t is not me and t not in self._entered]
 
@@ -585,7 +596,7 @@ class CpuBackend:
         self.device = device_type
         self.device_name = _cpu_name() if device_type == "cpu" else "meta (shapes only, no data)"
         self.total_memory = _physical_memory() if device_type == "cpu" else None
-        self.counter = StorageCounter(device_type)
+        self.counter = StorageCounter(device_type, all_threads=True)
 
     def allocated(self) -> int:
         """Live storage bytes: the running count while active, else a fresh gc snapshot."""

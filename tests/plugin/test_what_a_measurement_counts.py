@@ -117,7 +117,7 @@ def test_a_thread_the_counter_cannot_see_is_an_error() -> None:
     worker = threading.Thread(target=stop.wait, name="older-than-the-counter")
     worker.start()
     try:
-        counter = StorageCounter("cpu")
+        counter = StorageCounter("cpu", all_threads=True)
         with pytest.raises(TrackerError, match=r"cannot see into thread.*'older-than-the-counter'"):
             counter.activate()
         assert not counter.active
