@@ -9,11 +9,11 @@ counted from the tensors themselves, exact to the byte:
 * from then on a ``TorchDispatchMode`` sees every op's inputs and outputs; a storage not yet
   known is added, a view of a known storage adds nothing, a storage whose ``nbytes`` changed
   (``resize_``, ``out=``) is updated. Dispatch modes are per thread: the mode is pushed in the
-  activating thread, and (``all_threads``, the backend's counter) every thread started after
-  the counter was made runs one for its whole life (``threading.setprofile``; it does
-  nothing while the counter is inactive). A Python thread started *before* the counter
-  existed cannot be entered, so activating while one is alive is an error naming it rather
-  than a figure that silently misses its tensors;
+  activating thread, and for the backend's counter (``all_threads``) in every thread that
+  ``threads`` entered: each thread started after this package was imported (and torch was)
+  runs one for its whole life, doing nothing while no counter is active. An older thread
+  cannot be entered, so activating while one is alive is an error naming it rather than a
+  figure that silently misses its tensors;
 * a storage made without a dispatched op (``torch.frombuffer``, ``torch.UntypedStorage(n)``)
   counts from the first op that touches it, or from the scan at the end of a block
   (``CpuBackend.peak_allocated``) if it is alive then; one that no op touches and that is
@@ -36,7 +36,6 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import sys
 import threading
 import weakref
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
+from pytest_sdmem.memory import threads
 from pytest_sdmem.memory.snapshot import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_TOP,
@@ -179,9 +179,22 @@ class _CountingMode(TorchDispatchMode):
     # counted, what they allocate and free inside is not.
     supports_higher_order_operators = True
 
-    def __init__(self, counter: StorageCounter):
+    def __init__(self, counter: StorageCounter | None):
+        """``counter`` None: a thread's lifelong mode, counting for the active all-threads
+        counters (``_ACTIVE``), and doing nothing while there is none."""
         super().__init__()
         self._counter = counter
+
+    def _see(self) -> Any:
+        """The function to show each tensor to, or None when no counter is listening."""
+        if self._counter is not None:
+            return self._counter.see
+        active = _ACTIVE
+        if not active:
+            return None
+        if len(active) == 1:
+            return active[0].see
+        return lambda tensor: [counter.see(tensor) for counter in active]
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -195,11 +208,11 @@ class _CountingMode(TorchDispatchMode):
         return True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
-        if not self._counter.active:  # a thread's lifelong mode while nothing is measured
+        see = self._see()
+        if see is None:  # a thread's lifelong mode while nothing is measured
             return func(*args, **(kwargs or {}))
         # The top level is unrolled here because this runs for every op: a function call per
         # argument would cost more than the counting itself.
-        see = self._counter.see
         for arg in args:
             if isinstance(arg, torch.Tensor):
                 see(arg)
@@ -238,33 +251,16 @@ def _visit(obj: Any, see: Any) -> None:
                 see(leaf)
 
 
-# Every counter, so that a thread started later enters each one (see ``_enter_new_thread``).
-_COUNTERS: weakref.WeakSet[StorageCounter] = weakref.WeakSet()
-_HOOK_LOCK = threading.Lock()
-_hook_installed = False
-_previous_hook: Any = None
+# The active counters that count in every thread (``all_threads``), which the lifelong mode of
+# each entered thread serves. Replaced, never mutated, so a dispatch reads it without a lock.
+_ACTIVE: tuple[StorageCounter, ...] = ()
+_ACTIVE_LOCK = threading.Lock()
 
 
-def _install_thread_hook() -> None:
-    """Make every thread started from now on run ``_enter_new_thread`` first (once a process)."""
-    global _hook_installed, _previous_hook
-    with _HOOK_LOCK:
-        if _hook_installed:
-            return
-        _previous_hook = threading.getprofile()
-        threading.setprofile(_enter_new_thread)
-        _hook_installed = True
-
-
-def _enter_new_thread(frame: Any, event: str, arg: Any) -> None:
-    """threading's profile hook, run at the first event of a new thread: pushes every
-    counter's mode there for the thread's life, then hands the thread back to the profile hook
-    that was set before ours (normally none), so it costs nothing after the first event."""
-    sys.setprofile(_previous_hook)
-    for counter in list(_COUNTERS):
-        counter.enter_this_thread()
-    if _previous_hook is not None:
-        _previous_hook(frame, event, arg)
+def enter_thread() -> None:
+    """Run a counting mode in the calling thread until it ends (``threads`` calls this at the
+    start of every new thread): it counts for whichever all-threads counters are active."""
+    _CountingMode(None).__enter__()
 
 
 class StorageCounter:
@@ -275,9 +271,9 @@ class StorageCounter:
     only move while active; ``snapshot_bytes()`` counts from scratch at any time.
 
     With ``all_threads`` (the memory backend's counter: a budget is the process's) it counts
-    in every thread started after it was made, and refuses to activate while an older thread
-    is alive; without it, only in the activating thread (the estimator's simulated device
-    follows the one thread that builds and runs the pipeline).
+    in every thread ``threads`` entered, and refuses to activate while another is alive;
+    without it, only in the activating thread (the estimator's simulated device follows the
+    one thread that builds and runs the pipeline).
     """
 
     def __init__(self, device_type: str, *, all_threads: bool = False):
@@ -289,11 +285,6 @@ class StorageCounter:
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
         self.all_threads = all_threads
-        # Threads that run this counter's mode for their whole life (started after it existed).
-        self._entered: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
-        if all_threads:
-            _COUNTERS.add(self)
-            _install_thread_hook()
         self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.
@@ -378,32 +369,19 @@ class StorageCounter:
             finally:
                 self.deactivate()
 
-    def enter_this_thread(self) -> None:
-        """Run this counter's mode in the calling thread until the thread ends."""
-        _CountingMode(self).__enter__()
-        self._entered.add(threading.current_thread())
-
-    def blind_threads(self) -> list[threading.Thread]:
-        """Live Python threads, other than the calling one, that run no mode of this counter
-        (none for a counter of the activating thread only)."""
-        if not self.all_threads:
-            return []
-        me = threading.current_thread()
-        return [t for t in threading.enumerate() if t is not me and t not in self._entered]
-
     def activate(self) -> None:
         """Install the counting mode in this thread and count what is alive (first call only).
 
         Raises TrackerError, counting nothing, while a thread it cannot see is alive.
         """
         with self._lock:
-            if self._active == 0 and (blind := self.blind_threads()):
+            if self._active == 0 and self.all_threads and (blind := threads.blind_threads()):
                 names = ", ".join(repr(t.name) for t in blind)
                 raise TrackerError(
                     f"exact {self.device_type} storage counting cannot see into thread(s) "
-                    f"{names}: they started before the counter existed (a thread is entered "
-                    "when it starts), so tensors they make would be missed. Start them after "
-                    "pytest-sdmem is configured (in a fixture or in the test), or end them "
+                    f"{names}: they started before pytest-sdmem was loaded or torch imported "
+                    "(a thread is entered when it starts), so tensors they make would be "
+                    "missed. Start them later (in a fixture or in the test), or end them "
                     "before measuring"
                 )
             self._active += 1
@@ -413,7 +391,9 @@ class StorageCounter:
                 # Mode first, then the scan: a tensor created in between is then seen by at
                 # least one of them, and seeing it twice is harmless (one key). A thread that
                 # already runs the counter's lifelong mode needs no second one.
-                if threading.current_thread() not in self._entered:
+                if self.all_threads:
+                    self._listen(True)
+                if not (self.all_threads and threading.current_thread() in threads.ENTERED):
                     self._mode = _CountingMode(self)
                     self._mode.__enter__()
                     self._mode_thread = threading.get_ident()
@@ -438,8 +418,17 @@ class StorageCounter:
             if self._active == 0:
                 self._release()
 
+    def _listen(self, on: bool) -> None:
+        """Have the entered threads' modes count for this counter (or stop)."""
+        global _ACTIVE
+        with _ACTIVE_LOCK:
+            others = tuple(c for c in _ACTIVE if c is not self)
+            _ACTIVE = (*others, self) if on else others
+
     def _release(self) -> None:
         self._active = 0
+        if self.all_threads:
+            self._listen(False)
         if self._mode is not None and self._mode_thread == threading.get_ident():
             self._mode.__exit__(None, None, None)
         self._mode = None

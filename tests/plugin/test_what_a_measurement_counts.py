@@ -12,8 +12,7 @@ import threading
 import pytest
 import torch
 
-from pytest_sdmem.memory import TrackerError
-from pytest_sdmem.memory.cpu import StorageCounter
+from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend
 
 MB = 2**20
 
@@ -111,26 +110,29 @@ def test_tensors_of_other_threads_and_outside_the_dispatcher_count(
 
 
 def test_a_thread_the_counter_cannot_see_is_an_error() -> None:
-    """A thread started before the counter existed runs no counting mode: activating then
-    is refused, naming the thread, rather than giving a figure that misses its tensors."""
+    """A thread that was not entered at its start (here: started while another library had
+    replaced threading's profile hook) runs no counting mode: measuring then is refused,
+    naming the thread, rather than giving a figure that misses its tensors."""
     stop = threading.Event()
-    worker = threading.Thread(target=stop.wait, name="older-than-the-counter")
-    worker.start()
+    hook = threading.getprofile()
+    threading.setprofile(None)
     try:
-        counter = StorageCounter("cpu", all_threads=True)
-        with pytest.raises(TrackerError, match=r"cannot see into thread.*'older-than-the-counter'"):
-            counter.activate()
-        assert not counter.active
+        worker = threading.Thread(target=stop.wait, name="not-entered")
+        worker.start()
+    finally:
+        threading.setprofile(hook)
+    tracker = MemoryTracker(get_backend("cpu"))
+    try:
+        with pytest.raises(TrackerError, match=r"cannot see into thread\(s\) 'not-entered'"):
+            tracker.start()
+        assert not tracker.measuring
     finally:
         stop.set()
         worker.join()
-    counter.activate()  # the thread has ended: nothing is blind any more
-    try:
+    with tracker:  # the thread has ended: nothing is blind any more
         x = torch.ones(MB, dtype=torch.uint8)
-        assert counter.current >= MB
         del x
-    finally:
-        counter.deactivate()
+    assert tracker.peak_delta == MB
 
 
 def test_an_open_block_closes_with_the_call_and_counts(pytester: pytest.Pytester) -> None:
