@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pytest_sdmem.units import (
     ACCEPTED_SIZES,
@@ -41,6 +41,15 @@ MARKERS = {
 
 class MarkerError(ValueError):
     """A marker whose arguments cannot be used; ``str()`` is the whole message."""
+
+
+T = TypeVar("T")
+
+
+class Marked(Protocol):
+    """What ``one_value`` needs of a pytest item (kept structural: no pytest import here)."""
+
+    def iter_markers(self, name: str) -> Any: ...
 
 
 #: Looks a named budget up for this device: ``(kind, key) -> value``, kind "vram" or "speedup".
@@ -147,3 +156,31 @@ def parse_sd_technique(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         raise MarkerError(f"@pytest.mark.sd_technique expects a string such as "
                           f"'fp16+vae_slicing', got {shown(raw)}")
     return raw
+
+
+def marker_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A marker as written, for messages: ``max_vram('4MB', metric='reserved')``."""
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def one_value(item: Marked, name: str,
+              parse: Callable[[tuple[Any, ...], dict[str, Any]], T]) -> T | None:
+    """The one value of the item's ``name`` markers, parsed; None when it has none.
+
+    A test can carry a marker several times (two decorators; class, module and function
+    level). pytest's ``get_closest_marker`` would take the nearest and silently drop the
+    others, so a stricter budget written on the class would not apply. Here every one is
+    parsed and they must agree (identical repeats are fine); different values are an error of
+    that test naming both.
+    """
+    first: tuple[T, str] | None = None
+    for mark in item.iter_markers(name):
+        value = parse(mark.args, mark.kwargs)
+        written = marker_call(name, mark.args, mark.kwargs)
+        if first is None:
+            first = (value, written)
+        elif value != first[0]:
+            raise MarkerError(f"@pytest.mark.{name} is given twice with different values on "
+                              f"this test: {first[1]} and {written}; keep one")
+    return first[0] if first is not None else None

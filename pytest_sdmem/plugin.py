@@ -9,15 +9,16 @@ JUnit properties, the session table, the results file).
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Generator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _pytest.skipping import xfailed_key
 
 from pytest_sdmem.budgets import BudgetError, Budgets, load_budgets
 from pytest_sdmem.errors import NeedsRealRun
@@ -28,18 +29,31 @@ from pytest_sdmem.markers import (
     BudgetLookup,
     MarkerError,
     MaxVram,
+    one_value,
     parse_max_vram,
     parse_min_speedup,
-    parse_sd_technique,
 )
-from pytest_sdmem.memory import MemoryBackend, MemoryReport, MemoryTracker, get_backend
+from pytest_sdmem.memory import (
+    MemoryBackend,
+    MemoryReport,
+    MemoryTracker,
+    TrackerError,
+    get_backend,
+)
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.outputs import OutputError, check_locations, session_locations
 from pytest_sdmem.report.table import render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord, collect_environment
 from pytest_sdmem.saving import Outcome, SessionEnd, write_outputs
 from pytest_sdmem.settings import Settings, SettingsError, Workers, build_settings
-from pytest_sdmem.state import SETTINGS, STATE, Collector, TestState, technique_of
+from pytest_sdmem.state import (
+    SETTINGS,
+    STATE,
+    Collector,
+    TestState,
+    marked_technique,
+    technique_of,
+)
 from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
 from pytest_sdmem.units import format_size
 from pytest_sdmem.verdicts import (
@@ -209,21 +223,23 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
     state = TestState()
     fixturenames = set(getattr(item, "fixturenames", ()))
     try:
-        if (mark := item.get_closest_marker("max_vram")) is not None:
-            state.max_vram = parse_max_vram(mark.args, mark.kwargs, hooks.budgets)
-            if settings.share_gpu:
-                raise MarkerError("max_vram is refused with --sdmem-share-gpu: on a card "
-                                  "shared by several workers the peak is not this test's")
-        if (mark := item.get_closest_marker("min_speedup")) is not None:
-            state.min_speedup = parse_min_speedup(mark.args, mark.kwargs, hooks.budgets)
+        state.max_vram = one_value(item, "max_vram", lambda args, kwargs: parse_max_vram(
+            args, kwargs, hooks.budgets))
+        if state.max_vram is not None and settings.share_gpu:
+            raise MarkerError("max_vram is refused with --sdmem-share-gpu: on a card "
+                              "shared by several workers the peak is not this test's")
+        state.min_speedup = one_value(item, "min_speedup", lambda args, kwargs: parse_min_speedup(
+            args, kwargs, hooks.budgets))
+        if state.min_speedup is not None:
             parse_technique(state.min_speedup.baseline)
             if "sd_pipe" not in fixturenames:
                 raise MarkerError("@pytest.mark.min_speedup compares the test's sd_pipe with its "
                                   "baseline: the test must use the sd_pipe fixture")
-        if (mark := item.get_closest_marker("sd_technique")) is not None:
-            parse_sd_technique(mark.args, mark.kwargs)
         if "sd_pipe" in fixturenames:
             state.technique = technique_of(item)
+        elif (marked := marked_technique(item)) is not None:
+            raise MarkerError(f"@pytest.mark.sd_technique({marked!r}) selects the technique of "
+                              "the sd_pipe fixture, and this test does not use sd_pipe")
         if (reason := _skip_reason(state, fixturenames, settings)) is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
     except (MarkerError, TechniqueError) as exc:
@@ -277,7 +293,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             pytest.skip(MIN_SPEEDUP_NEEDS_TIMINGS)
         return result
     tracker = MemoryTracker(get_backend(settings.device))
-    tracker.start()
+    try:
+        tracker.start()
+    except TrackerError as exc:  # it cannot measure here (a thread the CPU counter cannot see)
+        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
     if settings.snapshot_dir is not None and state.max_vram is not None:
         from pytest_sdmem.memory.snapshot import SnapshotRecorder
 
@@ -288,6 +307,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         result = yield
     finally:
+        # A block the test opened and left open ends with its call and counts like any other
+        # (innermost first: the blocks were opened inside the call's window).
+        for block in reversed(state.trackers):
+            if block.measuring:
+                block.stop()
         state.call_report = tracker.stop()
     if state.min_speedup is not None and state.sd_pipe is not None:
         if state.recorder is not None:  # the timing rounds' baseline is not this test's memory
@@ -448,16 +472,22 @@ def pytest_runtest_makereport(
     failed = [v for v in verdicts if not v.passed]
     oom = vram is not None and vram.oom is not None
     snapshot = state.snapshot or _stop_snapshot(item, state, vram is not None and not vram.passed)
-    if failed and (rep.passed or oom):
-        rep.outcome = "failed"
-        rep.longrepr = "\n".join(v.as_longrepr() for v in failed)
+    if failed and not rep.skipped:
+        text = "\n".join(v.as_longrepr() for v in failed)
         if snapshot is not None and snapshot.path is not None:
             viewer = (" (open it at https://pytorch.org/memory_viz)"
                       if snapshot.path.suffix == ".pickle" else "")
-            rep.longrepr += f"\nmemory snapshot: {snapshot.path}{viewer}"
-        rep.sdmem_status = (failed[0].status_word, failed[0].status_letter)
-        if oom:
-            _release_oom(call)
+            text += f"\nmemory snapshot: {snapshot.path}{viewer}"
+        if (reason := _expected_failure(item)) is not None:
+            # The failure an xfail test expects: XFAIL with the budget's message as reason
+            # (an XPASS that pytest's skipping plugin already made, strict or not, is undone).
+            rep.outcome = "skipped"
+            rep.wasxfail = f"{reason}: {text}" if reason else text
+            rep.longrepr = text
+        elif rep.passed or oom:
+            rep.outcome = "failed"
+            rep.longrepr = text
+            rep.sdmem_status = (failed[0].status_word, failed[0].status_letter)
     rep.sections.extend(v.as_section() for v in verdicts)
     if snapshot is not None:
         rep.sections.append(snapshot.as_section())
@@ -467,6 +497,18 @@ def pytest_runtest_makereport(
     record.verdicts = [v.to_dict() for v in verdicts]
     rep.sdmem = record.to_dict()  # plain data: crosses pytest-xdist's wire to the controller
     return rep
+
+
+def _expected_failure(item: pytest.Item) -> str | None:
+    """The reason of the item's ``xfail`` marker when a budget failure is the failure it
+    expects; None when it is not xfail, runs with ``--runxfail``, or expects a given exception
+    (``raises=``: a budget failure is not that exception)."""
+    if item.config.option.runxfail:
+        return None
+    xfailed = item.stash.get(xfailed_key, None)
+    if xfailed is None or xfailed.raises is not None:
+        return None
+    return xfailed.reason
 
 
 def _judge_estimate_of_skipped(state: TestState, rep: pytest.TestReport) -> None:
@@ -507,23 +549,31 @@ def _stop_snapshot(item: pytest.Item, state: TestState, budget_failed: bool) -> 
     return report
 
 
-def _release_oom(call: pytest.CallInfo[None]) -> None:
-    """Free what the failed test's frames hold, so the next test starts with memory released.
+def release_failed_frames() -> None:
+    """Drop the local variables of the frames a failed call's traceback keeps alive.
 
-    ``frame.clear()`` drops the fast locals, but pytest has already read ``f_locals`` (looking
-    for ``__tracebackhide__``), and that snapshot dict keeps the tensors alive: empty it too.
+    pytest keeps the last failure for post-mortem debugging (``sys.last_value`` and
+    ``sys.last_traceback``) until the next test's call starts, which is after that test's
+    memory window opened: the failed test's tensors would count in the next test's absolute
+    peak and in its own leak check. By teardown the report is made and ``--pdb`` has run, so
+    the frames' locals are no longer needed; the exception and its traceback stay for a
+    debugger. ``frame.clear()`` drops the fast locals, but on Python < 3.13 pytest has already
+    read ``f_locals`` (for ``__tracebackhide__``) and that dict is a snapshot that still holds
+    them: reading it again after the clear brings it up to date (empty).
     """
-    tb = call.excinfo.tb if call.excinfo is not None else None
-    while tb is not None:
-        frame = tb.tb_frame
-        try:
-            frame.clear()
-        except RuntimeError:  # a frame still executing (pytest's own): leave it alone
-            pass
-        else:
-            frame.f_locals.clear()
-        tb = tb.tb_next
-    gc.collect()
+    pending = [getattr(sys, "last_value", None)]
+    seen: set[int] = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        tb = exc.__traceback__
+        while tb is not None:
+            tb.tb_frame.f_locals  # noqa: B018 - re-syncs the snapshot dict with the cleared frame
+            tb = tb.tb_next
+        pending += [exc.__cause__, exc.__context__, *getattr(exc, "exceptions", ())]
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
@@ -537,6 +587,7 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
+    release_failed_frames()
     state = item.stash.get(STATE, None)
     if state is None or not state.measured or state.allocated_before is None:
         return result

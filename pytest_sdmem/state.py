@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pytest_sdmem.budgets import Overhead
-from pytest_sdmem.markers import MaxVram, MinSpeedup, parse_sd_technique
+from pytest_sdmem.markers import MarkerError, MaxVram, MinSpeedup, one_value, parse_sd_technique
 from pytest_sdmem.memory import MemoryReport, MemoryTracker
 from pytest_sdmem.results import TestRecord
 from pytest_sdmem.settings import Settings
@@ -62,16 +62,28 @@ class TestState:
 STATE = pytest.StashKey[TestState]()
 
 
+def marked_technique(item: pytest.Item) -> str | None:
+    """The canonical technique of the item's ``sd_technique`` markers (all must agree), or
+    None without one."""
+    return one_value(item, "sd_technique",
+                     lambda args, kwargs: parse_technique(parse_sd_technique(args, kwargs)).expr)
+
+
 def technique_of(item: pytest.Item) -> str:
-    """The canonical technique expression of the item's sd_pipe: parametrized, marked, or none."""
+    """The canonical technique expression of the item's sd_pipe: parametrized, marked, or none.
+
+    A parametrized technique and a marked one that differ are an error: either choice would
+    silently measure a pipeline the other asked not to.
+    """
+    marked = marked_technique(item)
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "sd_pipe" in callspec.params:
-        expr = callspec.params["sd_pipe"]
-    elif (mark := item.get_closest_marker("sd_technique")) is not None:
-        expr = parse_sd_technique(mark.args, mark.kwargs)
-    else:
-        expr = "none"
-    return parse_technique(expr).expr
+    if callspec is None or "sd_pipe" not in callspec.params:
+        return marked or "none"
+    param = parse_technique(callspec.params["sd_pipe"]).expr
+    if marked is not None and marked != param:
+        raise MarkerError(f"sd_pipe is parametrized with {param!r} but @pytest.mark.sd_technique "
+                          f"says {marked!r}: keep one")
+    return param
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 
+from pytest_sdmem.memory import threads
 from pytest_sdmem.memory.tracker import (
     MemoryBackend,
     MemoryReport,
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 ACCEPTED_DEVICES = "'cpu', 'meta', 'cuda' (= 'cuda:0') or 'cuda:N' with N a device index"
+
+threads.install()  # as early as possible: only threads started later can be counted
 
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
 _BACKENDS: dict[str, MemoryBackend] = {}

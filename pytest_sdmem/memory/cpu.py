@@ -6,9 +6,18 @@ counted from the tensors themselves, exact to the byte:
 * at activation, the garbage collector's view of live objects gives the tensors (and bare
   storages) that already exist; each distinct storage (key ``storage._cdata``, the address of
   its ``StorageImpl``) is counted once;
-* from then on a ``TorchDispatchMode`` sees every op's inputs and outputs in the activating
-  thread; a storage not yet known is added, a view of a known storage adds nothing, a storage
-  whose ``nbytes`` changed (``resize_``, ``out=``) is updated;
+* from then on a ``TorchDispatchMode`` sees every op's inputs and outputs; a storage not yet
+  known is added, a view of a known storage adds nothing, a storage whose ``nbytes`` changed
+  (``resize_``, ``out=``) is updated. Dispatch modes are per thread: the mode is pushed in the
+  activating thread, and for the backend's counter (``all_threads``) in every thread that
+  ``threads`` entered: each thread started after this package was imported (and torch was)
+  runs one for its whole life, doing nothing while no counter is active. An older thread
+  cannot be entered, so activating while one is alive is an error naming it rather than a
+  figure that silently misses its tensors;
+* a storage made without a dispatched op (``torch.frombuffer``, ``torch.UntypedStorage(n)``)
+  counts from the first op that touches it, or from the scan at the end of a block
+  (``CpuBackend.peak_allocated``) if it is alive then; one that no op touches and that is
+  freed before the block ends is not counted;
 * every counted storage holds a ``weakref`` whose callback subtracts its bytes. torch keeps a
   storage's Python object alive for as long as the ``StorageImpl`` lives, so the callback
   fires exactly when the memory is released, not when user code drops its last Python name.
@@ -36,6 +45,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
+from pytest_sdmem.memory import threads
 from pytest_sdmem.memory.snapshot import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_TOP,
@@ -169,9 +179,22 @@ class _CountingMode(TorchDispatchMode):
     # counted, what they allocate and free inside is not.
     supports_higher_order_operators = True
 
-    def __init__(self, counter: StorageCounter):
+    def __init__(self, counter: StorageCounter | None):
+        """``counter`` None: a thread's lifelong mode, counting for the active all-threads
+        counters (``_ACTIVE``), and doing nothing while there is none."""
         super().__init__()
         self._counter = counter
+
+    def _see(self) -> Any:
+        """The function to show each tensor to, or None when no counter is listening."""
+        if self._counter is not None:
+            return self._counter.see
+        active = _ACTIVE
+        if not active:
+            return None
+        if len(active) == 1:
+            return active[0].see
+        return lambda tensor: [counter.see(tensor) for counter in active]
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -185,9 +208,11 @@ class _CountingMode(TorchDispatchMode):
         return True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        see = self._see()
+        if see is None:  # a thread's lifelong mode while nothing is measured
+            return func(*args, **(kwargs or {}))
         # The top level is unrolled here because this runs for every op: a function call per
         # argument would cost more than the counting itself.
-        see = self._counter.see
         for arg in args:
             if isinstance(arg, torch.Tensor):
                 see(arg)
@@ -226,15 +251,32 @@ def _visit(obj: Any, see: Any) -> None:
                 see(leaf)
 
 
+# The active counters that count in every thread (``all_threads``), which the lifelong mode of
+# each entered thread serves. Replaced, never mutated, so a dispatch reads it without a lock.
+_ACTIVE: tuple[StorageCounter, ...] = ()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def enter_thread() -> None:
+    """Run a counting mode in the calling thread until it ends (``threads`` calls this at the
+    start of every new thread): it counts for whichever all-threads counters are active."""
+    _CountingMode(None).__enter__()
+
+
 class StorageCounter:
     """Current and peak live bytes of the tensor storages of one device type.
 
     Activation is refcounted so that several trackers (the plugin's whole-call tracker and a
     test's own blocks) share one dispatch mode and one set of weak references. The figures
     only move while active; ``snapshot_bytes()`` counts from scratch at any time.
+
+    With ``all_threads`` (the memory backend's counter: a budget is the process's) it counts
+    in every thread ``threads`` entered, and refuses to activate while another is alive;
+    without it, only in the activating thread (the estimator's simulated device follows the
+    one thread that builds and runs the pipeline).
     """
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, *, all_threads: bool = False):
         self.device_type = device_type
         self._refs: dict[int, _StorageRef] = {}
         self._current = 0
@@ -242,6 +284,7 @@ class StorageCounter:
         self._active = 0
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
+        self.all_threads = all_threads
         self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.
@@ -327,17 +370,33 @@ class StorageCounter:
                 self.deactivate()
 
     def activate(self) -> None:
-        """Install the counting mode in this thread and count what is alive (first call only)."""
+        """Install the counting mode in this thread and count what is alive (first call only).
+
+        Raises TrackerError, counting nothing, while a thread it cannot see is alive.
+        """
         with self._lock:
+            if self._active == 0 and self.all_threads and (blind := threads.blind_threads()):
+                names = ", ".join(repr(t.name) for t in blind)
+                raise TrackerError(
+                    f"exact {self.device_type} storage counting cannot see into thread(s) "
+                    f"{names}: they started before pytest-sdmem was loaded or torch imported "
+                    "(a thread is entered when it starts), so tensors they make would be "
+                    "missed. Start them later (in a fixture or in the test), or end them "
+                    "before measuring"
+                )
             self._active += 1
             if self._active > 1:
                 return
             try:
                 # Mode first, then the scan: a tensor created in between is then seen by at
-                # least one of them, and seeing it twice is harmless (one key).
-                self._mode = _CountingMode(self)
-                self._mode.__enter__()
-                self._mode_thread = threading.get_ident()
+                # least one of them, and seeing it twice is harmless (one key). A thread that
+                # already runs the counter's lifelong mode needs no second one.
+                if self.all_threads:
+                    self._listen(True)
+                if not (self.all_threads and threading.current_thread() in threads.ENTERED):
+                    self._mode = _CountingMode(self)
+                    self._mode.__enter__()
+                    self._mode_thread = threading.get_ident()
                 self.rescan()
                 self._peak = self._current
             except BaseException:
@@ -349,7 +408,8 @@ class StorageCounter:
         with self._lock:
             if self._active == 0:
                 raise TrackerError(f"{self.device_type} storage counter deactivated while inactive")
-            if self._active == 1 and self._mode_thread != threading.get_ident():
+            if (self._active == 1 and self._mode is not None
+                    and self._mode_thread != threading.get_ident()):
                 raise TrackerError(
                     f"{self.device_type} storage counting was started in another thread: "
                     "torch dispatch modes are per thread, so it must be stopped there"
@@ -358,8 +418,17 @@ class StorageCounter:
             if self._active == 0:
                 self._release()
 
+    def _listen(self, on: bool) -> None:
+        """Have the entered threads' modes count for this counter (or stop)."""
+        global _ACTIVE
+        with _ACTIVE_LOCK:
+            others = tuple(c for c in _ACTIVE if c is not self)
+            _ACTIVE = (*others, self) if on else others
+
     def _release(self) -> None:
         self._active = 0
+        if self.all_threads:
+            self._listen(False)
         if self._mode is not None and self._mode_thread == threading.get_ident():
             self._mode.__exit__(None, None, None)
         self._mode = None
@@ -516,7 +585,7 @@ class CpuBackend:
         self.device = device_type
         self.device_name = _cpu_name() if device_type == "cpu" else "meta (shapes only, no data)"
         self.total_memory = _physical_memory() if device_type == "cpu" else None
-        self.counter = StorageCounter(device_type)
+        self.counter = StorageCounter(device_type, all_threads=True)
 
     def allocated(self) -> int:
         """Live storage bytes: the running count while active, else a fresh gc snapshot."""
@@ -528,7 +597,10 @@ class CpuBackend:
         return self.allocated()
 
     def peak_allocated(self) -> int:
+        """The peak since the last reset; first, a scan adds storages made without a dispatched
+        op that are alive now (a block's end reads it: they count at least from there)."""
         if self.counter.active:
+            self.counter.rescan()
             return self.counter.peak
         return self.counter.snapshot_bytes()
 
