@@ -4,10 +4,19 @@ The measuring is done by the plain-Python core (``memory``, ``timing``, ``runner
 this module decides *when* to measure (the call phase only, so building a pipeline in a fixture
 never counts) and how a verdict shows up in pytest (its own status word, a report section,
 JUnit properties, the session table, the results file).
+
+Installing the plugin must cost nothing where it is not used (tests/plugin/test_plugin_tax.py,
+benchmarks/plugin_tax.py): at module level this imports only the light modules that register
+options, markers and fixtures and parse markers. Whatever imports torch or diffusers
+(``techniques``, the memory backends, the environment), and the modules that only judge and
+report measured tests (``verdicts``, ``results``, ``report``, ``budgets``, ``gate``), are
+imported inside the hook that needs them, which runs only for a test that uses a marker or
+fixture of the plugin, or when one of its options is set.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import warnings
@@ -17,38 +26,29 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_sdmem.budgets import BudgetError, Budgets, load_budgets
-from pytest_sdmem.errors import NeedsRealRun
+from pytest_sdmem.errors import NeedsRealRun, TechniqueError
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
-from pytest_sdmem.gate import Gate
 from pytest_sdmem.markers import (
     MARKERS,
-    BudgetLookup,
     MarkerError,
-    MaxVram,
     parse_max_vram,
     parse_min_speedup,
     parse_sd_technique,
 )
-from pytest_sdmem.memory import MemoryBackend, MemoryReport, MemoryTracker, get_backend
+from pytest_sdmem.memory import MemoryTracker, get_backend
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
-from pytest_sdmem.report.table import render_text, table_rows
-from pytest_sdmem.results import RunResults, TestRecord, collect_environment
 from pytest_sdmem.settings import Settings, SettingsError, Workers, build_settings
 from pytest_sdmem.state import SETTINGS, STATE, Collector, TestState, technique_of
-from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
 from pytest_sdmem.units import format_size
-from pytest_sdmem.verdicts import (
-    BaselineVerdict,
-    SpeedupVerdict,
-    Verdict,
-    VramVerdict,
-    is_out_of_memory,
-    metric_value,
-)
 
 if TYPE_CHECKING:
+    from pytest_sdmem.budgets import Budgets
+    from pytest_sdmem.gate import Gate
+    from pytest_sdmem.markers import BudgetLookup, MaxVram
+    from pytest_sdmem.memory import MemoryBackend, MemoryReport
     from pytest_sdmem.memory.cuda import MachineCheck
+    from pytest_sdmem.results import RunResults, TestRecord
+    from pytest_sdmem.verdicts import Verdict, VramVerdict
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
@@ -170,6 +170,9 @@ def environment_header(device: str, env: dict[str, Any]) -> list[str]:
 
 def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -> str | None:
     """Why this test cannot run in this session, decided at collection (None: it can)."""
+    if "sd_pipe" in fixturenames or state.min_speedup is not None:
+        # Imports torch: only for tests that use a pipeline (see the module docstring).
+        from pytest_sdmem.techniques import parse_technique, unmet_requirements
     if "sd_pipe" in fixturenames:
         ts = parse_technique(state.technique or "none")
         if settings.estimate:
@@ -208,6 +211,8 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
                                   "shared by several workers the peak is not this test's")
         if (mark := item.get_closest_marker("min_speedup")) is not None:
             state.min_speedup = parse_min_speedup(mark.args, mark.kwargs, hooks.budgets)
+            from pytest_sdmem.techniques import parse_technique  # imports torch
+
             parse_technique(state.min_speedup.baseline)
             if "sd_pipe" not in fixturenames:
                 raise MarkerError("@pytest.mark.min_speedup compares the test's sd_pipe with its "
@@ -295,6 +300,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _vram_verdict(state: TestState, excinfo: Any) -> VramVerdict | None:
+    from pytest_sdmem.verdicts import VramVerdict, is_out_of_memory
+
     spec = state.max_vram
     report = state.budget_report()
     if spec is None or report is None:
@@ -315,6 +322,8 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
     adds (context, library workspaces, its allocator's slack), so the calibrated overhead of
     the GPU the estimate stands for must be known, and the verdict shows it beside the
     estimate. Without one the budget cannot be checked: an error, never a silent pass."""
+    from pytest_sdmem.verdicts import VramVerdict, metric_value
+
     overhead = state.overhead
     extra = overhead.for_metric(spec.metric) if overhead is not None else None
     if overhead is None or extra is None:
@@ -371,6 +380,8 @@ def _latency(state: TestState) -> dict[str, Any] | None:
 
 
 def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
+    from pytest_sdmem.results import TestRecord
+
     settings = item.config.stash[SETTINGS]
     return TestRecord(
         nodeid=item.nodeid,
@@ -410,6 +421,8 @@ def pytest_runtest_makereport(
             record.outcome = rep.outcome
             rep.sdmem = record.to_dict()
         return rep
+    from pytest_sdmem.verdicts import BaselineVerdict, SpeedupVerdict
+
     verdicts: list[Verdict] = []
     if (vram := _vram_verdict(state, call.excinfo)) is not None:
         verdicts.append(vram)
@@ -530,13 +543,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-def _budget_lookup(budgets: Budgets, device_name: str) -> BudgetLookup:
-    """The markers' view of the budgets file: values of one GPU model."""
+def _budget_lookup(budgets: Budgets, device_name: Callable[[], str]) -> BudgetLookup:
+    """The markers' view of the budgets file: values of one GPU model, named when a marker
+    first asks (naming this machine's device imports torch)."""
 
     def lookup(kind: str, key: str) -> Any:
         if kind == "vram":
-            return budgets.vram(key, device_name)
-        return budgets.speedup(key, device_name)
+            return budgets.vram(key, device_name())
+        return budgets.speedup(key, device_name())
 
     return lookup
 
@@ -549,6 +563,7 @@ class SessionHooks:
                  workers: Workers) -> None:
         self.config = config
         self.settings = settings
+        self.workers = workers
         self.machine: MachineCheck | None = None
         if settings.is_cuda:
             # Before this process creates a CUDA context (see check_machine). Then a process
@@ -560,33 +575,46 @@ class SessionHooks:
                 from pytest_sdmem.memory.cuda import select_device
 
                 select_device(settings.device)
+            _ = self.environment  # the warm-up, before the first test
+        budgets = self._load_budgets()
+        if settings.estimate_for is not None:
+            self._check_estimate_for(budgets, settings.estimate_for)
+        self.budgets = (_budget_lookup(budgets, self.device_name)
+                        if budgets is not None else None)
+        self.overhead = (budgets.overhead(self.device_name())
+                         if budgets is not None and settings.estimate else None)
+        self.gate = self._load_gate()
+        self.collector = Collector()
+
+    def device_name(self) -> str:
+        """The GPU model whose budgets apply: the one an estimate stands for, not this
+        machine's; else the device's own name (asked on first use: that imports torch)."""
+        return self.settings.estimate_for or get_backend(self.settings.device).device_name
+
+    @functools.cached_property
+    def environment(self) -> dict[str, Any]:
+        """Where the figures come from. Built on first use, because it imports torch: a run
+        that measures nothing and sets no option never does (``--gpu`` builds it at once,
+        so the warm-up happens before the first test)."""
+        from pytest_sdmem.results import collect_environment
+
+        settings = self.settings
         backend = get_backend(settings.device)
-        self.environment = collect_environment(settings.device, backend.device_name,
-                                               backend.total_memory)
+        env = collect_environment(settings.device, backend.device_name, backend.total_memory)
         if self.machine is not None:
-            self.environment["gpu"] = (self.machine.gpu.to_dict()
-                                       if self.machine.gpu is not None else None)
-        if warms_up(settings, workers):
+            env["gpu"] = self.machine.gpu.to_dict() if self.machine.gpu is not None else None
+        if warms_up(settings, self.workers):
             from pytest_sdmem.memory.cuda import WARM_UP, warm_up
 
             try:
-                self.environment["session_baseline"] = session_baseline(
+                env["session_baseline"] = session_baseline(
                     backend, lambda: warm_up(settings.device), WARM_UP)
             except RuntimeError as exc:  # a CUDA error before any test: the device is unusable
                 raise pytest.UsageError(f"pytest-sdmem: the warm-up on {settings.device} "
                                         f"failed, no test can run there: {exc}") from None
-        budgets = self._load_budgets()
-        # An estimate is judged by the budgets of the GPU it stands for, not of this machine.
-        device_name = settings.estimate_for or backend.device_name
-        if settings.estimate_for is not None:
-            self._check_estimate_for(budgets, settings.estimate_for)
-        self.budgets = _budget_lookup(budgets, device_name) if budgets is not None else None
-        self.overhead = (budgets.overhead(device_name)
-                         if budgets is not None and settings.estimate else None)
         if settings.estimate:
-            self.environment["estimate_for"] = settings.estimate_for
-        self.gate = self._load_gate()
-        self.collector = Collector()
+            env["estimate_for"] = settings.estimate_for
+        return env
 
     @property
     def is_worker(self) -> bool:
@@ -623,6 +651,8 @@ class SessionHooks:
         return check
 
     def pytest_report_header(self) -> list[str]:
+        if not self.settings.is_cuda:  # the header is the GPU's and its warm-up's
+            return []
         return environment_header(self.settings.device, self.environment)
 
     def _load_budgets(self) -> Budgets | None:
@@ -630,6 +660,8 @@ class SessionHooks:
         every budgeted test would be judged wrongly."""
         if self.settings.budgets_path is None:
             return None
+        from pytest_sdmem.budgets import BudgetError, load_budgets
+
         try:
             return load_budgets(self.settings.budgets_path)
         except BudgetError as exc:
@@ -655,6 +687,7 @@ class SessionHooks:
                 raise pytest.UsageError("pytest-sdmem: --sdmem-tolerance needs --sdmem-compare")
             return None
         from pytest_sdmem.baseline import BaselineError
+        from pytest_sdmem.gate import Gate
         from pytest_sdmem.tolerances import ToleranceError
 
         try:
@@ -674,11 +707,15 @@ class SessionHooks:
         self.collector.add(report)
 
     def _run(self) -> RunResults:
+        from pytest_sdmem.results import RunResults
+
         return RunResults(environment=self.environment, results=self.collector.records)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not self.collector.records:
             return
+        from pytest_sdmem.report.table import render_text, table_rows
+
         terminalreporter.write_sep("=", "sdmem: memory and speed")
         for line in render_text(table_rows(self.collector.records)):
             terminalreporter.write_line(line)
@@ -693,13 +730,24 @@ class SessionHooks:
     def pytest_sessionfinish(self) -> None:
         if self.is_worker:
             return
-        run = self._run()
-        for path in (self.settings.json_path, self.settings.save_path):
-            if path is not None:
-                run.write(path)
+        paths = [p for p in (self.settings.json_path, self.settings.save_path) if p is not None]
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if not paths and not (summary and self.collector.records):
+            return  # nothing to write: the environment (which imports torch) is not needed
+        run = self._run()
+        for path in paths:
+            run.write(path)
+        if (saved := self.settings.save_path) is not None:
+            self._say(f"sdmem: saved a baseline of {len(run.results)} measured test(s) to "
+                      f"{saved}; compare a later run with --sdmem-compare {saved}")
         if summary and run.results:
             self._append_step_summary(summary, run)
+
+    def _say(self, line: str) -> None:
+        """One line on the terminal (none under ``-p no:terminal``)."""
+        terminal = self.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.write_line(line)
 
     def _append_step_summary(self, path: str, run: RunResults) -> None:
         """GitHub Actions shows this file on the job's page: the table, then the comparison."""

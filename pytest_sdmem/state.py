@@ -4,16 +4,17 @@ the collected records (on the controller, records from every xdist worker arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_sdmem.budgets import Overhead
 from pytest_sdmem.markers import MaxVram, MinSpeedup, parse_sd_technique
 from pytest_sdmem.memory import MemoryReport, MemoryTracker
-from pytest_sdmem.results import TestRecord
 from pytest_sdmem.settings import Settings
-from pytest_sdmem.techniques import parse_technique
+
+if TYPE_CHECKING:
+    from pytest_sdmem.budgets import Overhead
+    from pytest_sdmem.results import TestRecord
 
 SETTINGS = pytest.StashKey[Settings]()
 
@@ -64,6 +65,8 @@ STATE = pytest.StashKey[TestState]()
 
 def technique_of(item: pytest.Item) -> str:
     """The canonical technique expression of the item's sd_pipe: parametrized, marked, or none."""
+    from pytest_sdmem.techniques import parse_technique  # imports torch: only for sd_pipe tests
+
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "sd_pipe" in callspec.params:
         expr = callspec.params["sd_pipe"]
@@ -87,6 +90,8 @@ class Collector:
     def add(self, report: pytest.TestReport) -> None:
         data = getattr(report, "sdmem", None)
         if report.when == "call" and data is not None:
+            from pytest_sdmem.results import TestRecord
+
             self.by_nodeid[report.nodeid] = TestRecord.from_dict(data)
             return
         record = self.by_nodeid.get(report.nodeid)

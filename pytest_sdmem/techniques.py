@@ -33,16 +33,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from packaging.version import Version
 
+from pytest_sdmem.errors import TechniqueError
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
     Pipe = StableDiffusionPipeline
 else:
     Pipe = Any
-
-
-class TechniqueError(ValueError):
-    """A technique expression that cannot be used; the message says what and what is accepted."""
 
 
 class Stage(IntEnum):
