@@ -251,7 +251,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if state is None:
         return
     if state.error is not None:
-        pytest.fail(f"{item.nodeid}: {state.error}", pytrace=False)
+        pytest.fail(state.error, pytrace=False)  # the report names the test already
     if state.measured:
         backend = get_backend(item.config.stash[SETTINGS].device)
         backend.settle()
@@ -416,11 +416,13 @@ def pytest_runtest_makereport(
         return rep
     if rep.skipped and isinstance(rep.longrepr, tuple):
         _judge_estimate_of_skipped(state, rep)
-        if (report := state.budget_report()) is not None:
-            record = _record(item, state, report)
-            record.outcome = rep.outcome
-            rep.sdmem = record.to_dict()
-        return rep
+        if rep.skipped:
+            if (report := state.budget_report()) is not None:
+                record = _record(item, state, report)
+                record.outcome = rep.outcome
+                rep.sdmem = record.to_dict()
+            return rep
+    rep.sdmem_estimated = bool(state.estimates)
     from pytest_sdmem.verdicts import BaselineVerdict, SpeedupVerdict
 
     verdicts: list[Verdict] = []
@@ -458,20 +460,16 @@ def pytest_runtest_makereport(
 
 
 def _judge_estimate_of_skipped(state: TestState, rep: pytest.TestReport) -> None:
-    """A test that went on past its generation to look at pixels is skipped under
-    ``--sdmem-estimate``, but its budget was estimated: an estimate over budget still fails it
-    (a skip must not hide a regression), and one within says so in the skip reason."""
-    vram = _vram_verdict(state, None)
-    if vram is None or not state.estimates:
+    """A test that went on past its generation (to look at pixels, or to time it) stopped with
+    a skip under ``--sdmem-estimate``, but its memory budget was checked on the estimate: that
+    check is the test's outcome, passed or failed like any budget, and what could not be
+    checked is said in a report section. A test without a checked budget stays skipped."""
+    if state.max_vram is None or not state.estimates:
         return
-    if not vram.passed:
-        rep.outcome = "failed"
-        rep.longrepr = vram.as_longrepr()
-        rep.sdmem_status = (vram.status_word, vram.status_letter)
-        rep.sections.append(vram.as_section())
-        return
-    path, lineno, reason = rep.longrepr
-    rep.longrepr = (path, lineno, f"{reason} (its {vram.as_longrepr()})")
+    _, _, reason = rep.longrepr
+    rep.sections.append(("sdmem: not checked on the estimate", reason.removeprefix("Skipped: ")))
+    rep.outcome = "passed"  # until the budget's verdict, judged as for any test
+    rep.longrepr = None
 
 
 def _stop_snapshot(item: pytest.Item, state: TestState, budget_failed: bool) -> Any:
@@ -515,10 +513,17 @@ def _release_oom(call: pytest.CallInfo[None]) -> None:
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """Memory failures read ``VRAM`` (not an assertion failure), and a verdict on an estimate
+    says so: ``PASSED (estimated)``, ``VRAM (estimated)``."""
+    if report.when != "call":
+        return None
     status = getattr(report, "sdmem_status", None)
-    if report.when == "call" and status is not None and report.failed:
+    estimated = " (estimated)" if getattr(report, "sdmem_estimated", False) else ""
+    if status is not None and report.failed:
         word, letter = status
-        return "failed", letter, (word, {"red": True})
+        return "failed", letter, (word + estimated, {"red": True})
+    if estimated and report.passed:
+        return "passed", ".", ("PASSED" + estimated, {"green": True})
     return None
 
 
@@ -716,13 +721,14 @@ class SessionHooks:
             return
         from pytest_sdmem.report.table import render_text, table_rows
 
+        width = self.config.get_terminal_writer().fullwidth
         terminalreporter.write_sep("=", "sdmem: memory and speed")
-        for line in render_text(table_rows(self.collector.records)):
+        for line in render_text(table_rows(self.collector.records), width=width):
             terminalreporter.write_line(line)
         if self.gate is not None:
             comparison = self.gate.compare(self.collector.records)
             terminalreporter.write_sep("=", f"sdmem: baseline {self.gate.path}")
-            for line in comparison.render_text().splitlines():
+            for line in comparison.render_text(width).splitlines():
                 terminalreporter.write_line(line)
             for message in comparison.warnings:
                 terminalreporter.write_line(f"warning: {message}", yellow=True)
