@@ -55,6 +55,7 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
                               width=settings.size)
     technique = technique_of(request.node)
+    model_error: str | None = None
     try:
         if settings.estimate:
             pipe = EstimatedSdPipe(settings.model, parse_technique(technique), defaults,
@@ -65,7 +66,10 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
     except ModelError as exc:
-        pytest.fail(f"{request.node.nodeid}: {exc}", pytrace=False)
+        model_error = str(exc)
+    if model_error is not None:
+        # Outside the handler: one message, not the ModelError again as the failure's context.
+        pytest.fail(model_error, pytrace=False)
     state = request.node.stash.get(STATE, None)
     if state is not None:
         state.sd_pipe = pipe

@@ -695,6 +695,12 @@ class SessionHooks:
         from pytest_sdmem.gate import Gate
         from pytest_sdmem.tolerances import ToleranceError
 
+        path = self.settings.compare_path
+        if not os.path.exists(path):
+            raise pytest.UsageError(
+                f"pytest-sdmem: --sdmem-compare {path}: no such file. A baseline is a run "
+                f"recorded with --sdmem-save (e.g. on main: pytest ... --sdmem-save {path})")
+
         try:
             gate = Gate.load(self.settings.compare_path, self.settings.tolerance,
                              self.environment)
