@@ -128,9 +128,22 @@ def _render_blocks(rows: list[Row], columns: tuple[str, ...], width: int) -> lis
         lines.append(short_label(row.cells[0], width))
         pairs = [f"{name} {cell}" for name, cell in zip(columns[1:], row.cells[1:], strict=True)
                  if cell != "-"]
-        lines += textwrap.wrap(";  ".join(pairs), width, initial_indent="    ",
-                               subsequent_indent="    ", break_on_hyphens=False)
+        line = ""
+        for pair in pairs:  # a pair is split across lines only when it is wider than a line
+            if line and len(line) + 3 + len(pair) <= width:
+                line += ";  " + pair
+                continue
+            if line:
+                lines.append(line)
+            *whole, line = textwrap.wrap(pair, width, initial_indent=INDENT,
+                                         subsequent_indent=INDENT, break_on_hyphens=False)
+            lines += whole
+        if line:
+            lines.append(line)
     return lines
+
+
+INDENT = "    "
 
 
 # The memory figure a budget's ``metric`` is judged on, so a chart draws the bar the budget
