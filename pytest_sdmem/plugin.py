@@ -339,8 +339,8 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
             f"an estimate's {spec.metric!r} figure needs the calibrated overhead of the GPU it "
             f"stands for (the CUDA context, cuBLAS/cuDNN workspaces, the allocator's slack: "
             f"what the simulation cannot see); {where}. Calibrate it from a GPU run with "
-            "'sdmem calibrate' (README: 'Reserved and process budgets on an estimate'), or "
-            "budget metric='allocated'"))
+            "'sdmem calibrate' (docs/estimates.md: 'Reserved and process budgets on an "
+            "estimate'), or budget metric='allocated'"))
     estimate = metric_value(report, spec.metric) - extra
     return VramVerdict(spec, report, note=(
         f"estimated {format_size(estimate)} + overhead {format_size(extra)} of "
