@@ -45,6 +45,9 @@ def _speedup_cell(record: TestRecord) -> str:
     if not record.speedup:
         return "-"
     s = record.speedup
+    if s.get("ci_low") is None or s.get("ci_high") is None:
+        # Too few pairs for an interval (the time budget ran out first): inconclusive.
+        return f"{s['ratio']:.2f}x [no CI]"
     return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
 
 

@@ -205,3 +205,10 @@ def test_png_labels_name_the_budget_beside_its_line(
     monkeypatch.setattr(Axes, "annotate", annotate)
     render_png(sample_run())
     assert "2.40 GB (budget 3.00 GB)" in texts
+
+
+def test_a_speedup_without_an_interval_has_a_cell() -> None:
+    """A time budget that runs out before the fewest pairs an interval needs leaves no CI."""
+    run = sample_run()
+    run.results[2].speedup = {"ratio": 1.8, "ci_low": None, "ci_high": None}
+    assert table_rows(run.results)[2].cells[4] == "1.80x [no CI]"
