@@ -231,10 +231,10 @@ class Comparison:
         ]
         return [(title, items) for title, items in sections if items]
 
-    def render_text(self) -> str:
-        lines = render_text([d.row() for d in self.deltas], DELTA_COLUMNS) if self.deltas else [
-            "no figures compared"
-        ]
+    def render_text(self, width: int | None = None) -> str:
+        """The comparison as terminal text, its table at most ``width`` characters wide."""
+        lines = (render_text([d.row() for d in self.deltas], DELTA_COLUMNS, width)
+                 if self.deltas else ["no figures compared"])
         for title, items in self._sections():
             lines += ["", f"{title}:", *(f"  {item}" for item in items)]
         return "\n".join([*lines, "", self.summary()]) + "\n"

@@ -66,7 +66,7 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
     except (ModelError, TechniqueError) as exc:  # a technique the model cannot take, too
-        failure = f"{request.node.nodeid}: {exc}"
+        failure = str(exc)
     else:
         failure = None
     if failure is not None:  # failed outside the except: pytest would print the chained error

@@ -32,8 +32,9 @@ MARKERS = {
     " or the budgets file's KEY for this device",
     "min_speedup": "min_speedup(factor, *, baseline='none') or min_speedup(budget='KEY'): fail "
     "the test unless its sd_pipe is at least factor times faster than the baseline technique "
-    "(paired rounds, 95% CI)",
-    "gpu": "gpu: the test needs a CUDA device; skipped without --gpu",
+    "(interleaved pairs of runs; the verdict uses a confidence interval of the median ratio)",
+    "gpu": "gpu: the test needs a CUDA device; skipped without --gpu (with --sdmem-estimate its "
+    "memory budgets are checked on the estimate)",
     "sd_technique": "sd_technique(expr): the technique expression for the sd_pipe fixture, "
     "e.g. 'fp16+vae_slicing'",
 }

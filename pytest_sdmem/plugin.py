@@ -4,11 +4,20 @@ The measuring is done by the plain-Python core (``memory``, ``timing``, ``runner
 this module decides *when* to measure (the call phase only, so building a pipeline in a fixture
 never counts) and how a verdict shows up in pytest (its own status word, a report section,
 JUnit properties, the session table, the results file).
+
+Installing the plugin must cost nothing where it is not used (tests/plugin/test_plugin_tax.py,
+benchmarks/plugin_tax.py): at module level this imports only the light modules that register
+options, markers and fixtures and parse markers. Whatever imports torch or diffusers
+(``techniques``, the memory backends, the environment), and the modules that only judge and
+report measured tests (``verdicts``, ``results``, ``report``, ``budgets``, ``gate``), are
+imported inside the hook that needs them, which runs only for a test that uses a marker or
+fixture of the plugin, or when one of its options is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import traceback
@@ -20,30 +29,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _pytest.skipping import xfailed_key
 
-from pytest_sdmem.budgets import BudgetError, Budgets, load_budgets
-from pytest_sdmem.errors import NeedsRealRun
+from pytest_sdmem.errors import NeedsRealRun, TechniqueError
 from pytest_sdmem.fixtures import cuda_mem_tracker, sd_pipe  # noqa: F401 - fixtures of the plugin
-from pytest_sdmem.gate import Gate
 from pytest_sdmem.markers import (
     MARKERS,
-    BudgetLookup,
     MarkerError,
-    MaxVram,
     one_value,
     parse_max_vram,
     parse_min_speedup,
 )
-from pytest_sdmem.memory import (
-    MemoryBackend,
-    MemoryReport,
-    MemoryTracker,
-    TrackerError,
-    get_backend,
-)
+from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend
 from pytest_sdmem.options import OPTIONS, add_options, default_cache_dir, resolve
 from pytest_sdmem.outputs import OutputError, check_locations, session_locations
-from pytest_sdmem.report.table import render_text, table_rows
-from pytest_sdmem.results import RunResults, TestRecord, collect_environment
 from pytest_sdmem.saving import Outcome, SessionEnd, write_outputs
 from pytest_sdmem.settings import Settings, SettingsError, Workers, build_settings
 from pytest_sdmem.state import (
@@ -54,19 +51,16 @@ from pytest_sdmem.state import (
     marked_technique,
     technique_of,
 )
-from pytest_sdmem.techniques import TechniqueError, parse_technique, unmet_requirements
 from pytest_sdmem.units import format_size
-from pytest_sdmem.verdicts import (
-    BaselineVerdict,
-    SpeedupVerdict,
-    Verdict,
-    VramVerdict,
-    is_out_of_memory,
-    metric_value,
-)
 
 if TYPE_CHECKING:
+    from pytest_sdmem.budgets import Budgets
+    from pytest_sdmem.gate import Gate
+    from pytest_sdmem.markers import BudgetLookup, MaxVram
+    from pytest_sdmem.memory import MemoryBackend, MemoryReport
     from pytest_sdmem.memory.cuda import MachineCheck
+    from pytest_sdmem.results import RunResults, TestRecord
+    from pytest_sdmem.verdicts import Verdict, VramVerdict
 
 DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
@@ -192,6 +186,9 @@ def environment_header(device: str, env: dict[str, Any]) -> list[str]:
 
 def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -> str | None:
     """Why this test cannot run in this session, decided at collection (None: it can)."""
+    if "sd_pipe" in fixturenames or state.min_speedup is not None:
+        # Imports torch: only for tests that use a pipeline (see the module docstring).
+        from pytest_sdmem.techniques import parse_technique, unmet_requirements
     if "sd_pipe" in fixturenames:
         ts = parse_technique(state.technique or "none")
         if settings.estimate:
@@ -231,6 +228,8 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
         state.min_speedup = one_value(item, "min_speedup", lambda args, kwargs: parse_min_speedup(
             args, kwargs, hooks.budgets))
         if state.min_speedup is not None:
+            from pytest_sdmem.techniques import parse_technique  # imports torch
+
             parse_technique(state.min_speedup.baseline)
             if "sd_pipe" not in fixturenames:
                 raise MarkerError("@pytest.mark.min_speedup compares the test's sd_pipe with its "
@@ -270,7 +269,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if state is None:
         return
     if state.error is not None:
-        pytest.fail(f"{item.nodeid}: {state.error}", pytrace=False)
+        pytest.fail(state.error, pytrace=False)  # the report names the test already
     if state.measured:
         backend = get_backend(item.config.stash[SETTINGS].device)
         backend.settle()
@@ -334,6 +333,8 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _vram_verdict(state: TestState, excinfo: Any) -> VramVerdict | None:
+    from pytest_sdmem.verdicts import VramVerdict, is_out_of_memory
+
     spec = state.max_vram
     report = state.budget_report()
     if spec is None or report is None:
@@ -354,6 +355,8 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
     adds (context, library workspaces, its allocator's slack), so the calibrated overhead of
     the GPU the estimate stands for must be known, and the verdict shows it beside the
     estimate. Without one the budget cannot be checked: an error, never a silent pass."""
+    from pytest_sdmem.verdicts import VramVerdict, metric_value
+
     overhead = state.overhead
     extra = overhead.for_metric(spec.metric) if overhead is not None else None
     if overhead is None or extra is None:
@@ -369,8 +372,8 @@ def _estimate_verdict(state: TestState, spec: MaxVram, report: MemoryReport) -> 
             f"an estimate's {spec.metric!r} figure needs the calibrated overhead of the GPU it "
             f"stands for (the CUDA context, cuBLAS/cuDNN workspaces, the allocator's slack: "
             f"what the simulation cannot see); {where}. Calibrate it from a GPU run with "
-            "'sdmem calibrate' (README: 'Reserved and process budgets on an estimate'), or "
-            "budget metric='allocated'"))
+            "'sdmem calibrate' (docs/estimates.md: 'Reserved and process budgets on an "
+            "estimate'), or budget metric='allocated'"))
     estimate = metric_value(report, spec.metric) - extra
     return VramVerdict(spec, report, note=(
         f"estimated {format_size(estimate)} + overhead {format_size(extra)} of "
@@ -419,6 +422,8 @@ def _generation(state: TestState, settings: Settings) -> dict[str, Any] | None:
 
 
 def _record(item: pytest.Item, state: TestState, report: MemoryReport | None) -> TestRecord:
+    from pytest_sdmem.results import TestRecord
+
     settings = item.config.stash[SETTINGS]
     return TestRecord(
         nodeid=item.nodeid,
@@ -454,11 +459,15 @@ def pytest_runtest_makereport(
         return rep
     if rep.skipped and isinstance(rep.longrepr, tuple):
         _judge_estimate_of_skipped(state, rep)
-        if (report := state.budget_report()) is not None:
-            record = _record(item, state, report)
-            record.outcome = rep.outcome
-            rep.sdmem = record.to_dict()
-        return rep
+        if rep.skipped:
+            if (report := state.budget_report()) is not None:
+                record = _record(item, state, report)
+                record.outcome = rep.outcome
+                rep.sdmem = record.to_dict()
+            return rep
+    rep.sdmem_estimated = bool(state.estimates)
+    from pytest_sdmem.verdicts import BaselineVerdict, SpeedupVerdict
+
     verdicts: list[Verdict] = []
     if (vram := _vram_verdict(state, call.excinfo)) is not None:
         verdicts.append(vram)
@@ -512,20 +521,16 @@ def _expected_failure(item: pytest.Item) -> str | None:
 
 
 def _judge_estimate_of_skipped(state: TestState, rep: pytest.TestReport) -> None:
-    """A test that went on past its generation to look at pixels is skipped under
-    ``--sdmem-estimate``, but its budget was estimated: an estimate over budget still fails it
-    (a skip must not hide a regression), and one within says so in the skip reason."""
-    vram = _vram_verdict(state, None)
-    if vram is None or not state.estimates:
+    """A test that went on past its generation (to look at pixels, or to time it) stopped with
+    a skip under ``--sdmem-estimate``, but its memory budget was checked on the estimate: that
+    check is the test's outcome, passed or failed like any budget, and what could not be
+    checked is said in a report section. A test without a checked budget stays skipped."""
+    if state.max_vram is None or not state.estimates:
         return
-    if not vram.passed:
-        rep.outcome = "failed"
-        rep.longrepr = vram.as_longrepr()
-        rep.sdmem_status = (vram.status_word, vram.status_letter)
-        rep.sections.append(vram.as_section())
-        return
-    path, lineno, reason = rep.longrepr
-    rep.longrepr = (path, lineno, f"{reason} (its {vram.as_longrepr()})")
+    _, _, reason = rep.longrepr
+    rep.sections.append(("sdmem: not checked on the estimate", reason.removeprefix("Skipped: ")))
+    rep.outcome = "passed"  # until the budget's verdict, judged as for any test
+    rep.longrepr = None
 
 
 def _stop_snapshot(item: pytest.Item, state: TestState, budget_failed: bool) -> Any:
@@ -577,10 +582,17 @@ def release_failed_frames() -> None:
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    """Memory failures read ``VRAM`` (not an assertion failure), and a verdict on an estimate
+    says so: ``PASSED (estimated)``, ``VRAM (estimated)``."""
+    if report.when != "call":
+        return None
     status = getattr(report, "sdmem_status", None)
-    if report.when == "call" and status is not None and report.failed:
+    estimated = " (estimated)" if getattr(report, "sdmem_estimated", False) else ""
+    if status is not None and report.failed:
         word, letter = status
-        return "failed", letter, (word, {"red": True})
+        return "failed", letter, (word + estimated, {"red": True})
+    if estimated and report.passed:
+        return "passed", ".", ("PASSED" + estimated, {"green": True})
     return None
 
 
@@ -606,13 +618,14 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     return result
 
 
-def _budget_lookup(budgets: Budgets, device_name: str) -> BudgetLookup:
-    """The markers' view of the budgets file: values of one GPU model."""
+def _budget_lookup(budgets: Budgets, device_name: Callable[[], str]) -> BudgetLookup:
+    """The markers' view of the budgets file: values of one GPU model, named when a marker
+    first asks (naming this machine's device imports torch)."""
 
     def lookup(kind: str, key: str) -> Any:
         if kind == "vram":
-            return budgets.vram(key, device_name)
-        return budgets.speedup(key, device_name)
+            return budgets.vram(key, device_name())
+        return budgets.speedup(key, device_name())
 
     return lookup
 
@@ -625,6 +638,7 @@ class SessionHooks:
                  workers: Workers) -> None:
         self.config = config
         self.settings = settings
+        self.workers = workers
         self.machine: MachineCheck | None = None
         if settings.is_cuda:
             # Before this process creates a CUDA context (see check_machine). Then a process
@@ -636,40 +650,16 @@ class SessionHooks:
                 from pytest_sdmem.memory.cuda import select_device
 
                 select_device(settings.device)
-        backend = get_backend(settings.device)
-        self.environment = collect_environment(settings.device, backend.device_name,
-                                               backend.total_memory)
-        if self.machine is not None:
-            self.environment["gpu"] = (self.machine.gpu.to_dict()
-                                       if self.machine.gpu is not None else None)
-        if warms_up(settings, workers):
-            from pytest_sdmem.memory.cuda import WARM_UP, warm_up
-
-            try:
-                self.environment["session_baseline"] = session_baseline(
-                    backend, lambda: warm_up(settings.device), WARM_UP)
-            except RuntimeError as exc:  # a CUDA error before any test: the device is unusable
-                raise pytest.UsageError(f"pytest-sdmem: the warm-up on {settings.device} "
-                                        f"failed, no test can run there: {exc}") from None
+            _ = self.environment  # the warm-up, before the first test
         budgets = self._load_budgets()
-        # An estimate is judged by the budgets of the GPU it stands for, not of this machine.
-        device_name = settings.estimate_for or backend.device_name
         if settings.estimate_for is not None:
             self._check_estimate_for(budgets, settings.estimate_for)
-        self.budgets = _budget_lookup(budgets, device_name) if budgets is not None else None
-        self.overhead = (budgets.overhead(device_name)
+        self.budgets = (_budget_lookup(budgets, self.device_name)
+                        if budgets is not None else None)
+        self.overhead = (budgets.overhead(self.device_name())
                          if budgets is not None and settings.estimate else None)
         if settings.estimate:
-            from pytest_sdmem.estimate.blas import BlasConfigError, blas_workspaces
-            from pytest_sdmem.estimate.gpus import gpu_for
-
-            card = gpu_for(settings.estimate_for)
-            try:
-                blas_workspaces(card)
-            except BlasConfigError as exc:  # every estimate would fail on it
-                raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
-            self.environment["estimate_for"] = settings.estimate_for
-            self.environment["estimate_gpu"] = card.describe()
+            self._check_blas_config()
         self.gate = self._load_gate()
         self.collector = Collector()
         self.collect_errors = 0
@@ -677,6 +667,50 @@ class SessionHooks:
         #: What the session's end wrote, or why not: shown by the terminal summary, or on
         #: stderr at unconfigure when there is none (an internal error, -p no:terminal).
         self.end_lines: list[Outcome] = []
+
+    def _check_blas_config(self) -> None:
+        """The cuBLAS workspace settings every estimate counts: a bad one is a usage error now,
+        not the same failure in every estimated test."""
+        from pytest_sdmem.estimate.blas import BlasConfigError, blas_workspaces
+        from pytest_sdmem.estimate.gpus import gpu_for
+
+        try:
+            blas_workspaces(gpu_for(self.settings.estimate_for))
+        except BlasConfigError as exc:
+            raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
+
+    def device_name(self) -> str:
+        """The GPU model whose budgets apply: the one an estimate stands for, not this
+        machine's; else the device's own name (asked on first use: that imports torch)."""
+        return self.settings.estimate_for or get_backend(self.settings.device).device_name
+
+    @functools.cached_property
+    def environment(self) -> dict[str, Any]:
+        """Where the figures come from. Built on first use, because it imports torch: a run
+        that measures nothing and sets no option never does (``--gpu`` builds it at once,
+        so the warm-up happens before the first test)."""
+        from pytest_sdmem.results import collect_environment
+
+        settings = self.settings
+        backend = get_backend(settings.device)
+        env = collect_environment(settings.device, backend.device_name, backend.total_memory)
+        if self.machine is not None:
+            env["gpu"] = self.machine.gpu.to_dict() if self.machine.gpu is not None else None
+        if warms_up(settings, self.workers):
+            from pytest_sdmem.memory.cuda import WARM_UP, warm_up
+
+            try:
+                env["session_baseline"] = session_baseline(
+                    backend, lambda: warm_up(settings.device), WARM_UP)
+            except RuntimeError as exc:  # a CUDA error before any test: the device is unusable
+                raise pytest.UsageError(f"pytest-sdmem: the warm-up on {settings.device} "
+                                        f"failed, no test can run there: {exc}") from None
+        if settings.estimate:
+            from pytest_sdmem.estimate.gpus import gpu_for
+
+            env["estimate_for"] = settings.estimate_for
+            env["estimate_gpu"] = gpu_for(settings.estimate_for).describe()
+        return env
 
     @property
     def is_worker(self) -> bool:
@@ -713,6 +747,8 @@ class SessionHooks:
         return check
 
     def pytest_report_header(self) -> list[str]:
+        if not (self.settings.is_cuda or self.settings.estimate):  # the GPU's, or the card
+            return []  # an estimate stands for: a CPU run has no header (and imports no torch)
         return environment_header(self.settings.device, self.environment)
 
     def _load_budgets(self) -> Budgets | None:
@@ -720,6 +756,8 @@ class SessionHooks:
         every budgeted test would be judged wrongly."""
         if self.settings.budgets_path is None:
             return None
+        from pytest_sdmem.budgets import BudgetError, load_budgets
+
         try:
             return load_budgets(self.settings.budgets_path)
         except BudgetError as exc:
@@ -745,7 +783,14 @@ class SessionHooks:
                 raise pytest.UsageError("pytest-sdmem: --sdmem-tolerance needs --sdmem-compare")
             return None
         from pytest_sdmem.baseline import BaselineError
+        from pytest_sdmem.gate import Gate
         from pytest_sdmem.tolerances import ToleranceError
+
+        path = self.settings.compare_path
+        if not os.path.exists(path):
+            raise pytest.UsageError(
+                f"pytest-sdmem: --sdmem-compare {path}: no such file. A baseline is a run "
+                f"recorded with --sdmem-save (e.g. on main: pytest ... --sdmem-save {path})")
 
         try:
             gate = Gate.load(self.settings.compare_path, self.settings.tolerance,
@@ -771,6 +816,12 @@ class SessionHooks:
         """Ctrl-C, or ``pytest.exit()`` (which may even exit 0): the session did not end."""
         self.interrupted = excinfo.exconly().strip()
 
+    def _run(self, complete: bool = True, incomplete_reason: str | None = None) -> RunResults:
+        from pytest_sdmem.results import RunResults
+
+        return RunResults(environment=self.environment, results=self.collector.records,
+                          complete=complete, incomplete_reason=incomplete_reason)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
@@ -785,13 +836,16 @@ class SessionHooks:
     def _summary(self, terminalreporter: Any) -> None:
         if not self.collector.records:
             return
+        from pytest_sdmem.report.table import render_text, table_rows
+
+        width = self.config.get_terminal_writer().fullwidth
         terminalreporter.write_sep("=", "sdmem: memory and speed")
-        for line in render_text(table_rows(self.collector.records)):
+        for line in render_text(table_rows(self.collector.records), width=width):
             terminalreporter.write_line(line)
         if self.gate is not None:
             comparison = self.gate.compare(self.collector.records)
             terminalreporter.write_sep("=", f"sdmem: baseline {self.gate.path}")
-            for line in comparison.render_text().splitlines():
+            for line in comparison.render_text(width).splitlines():
                 terminalreporter.write_line(line)
             for message in comparison.warnings:
                 terminalreporter.write_line(f"warning: {message}", yellow=True)
@@ -801,14 +855,16 @@ class SessionHooks:
         this hook, tells what was written."""
         if self.is_worker:
             return
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if (self.settings.json_path is None and self.settings.save_path is None
+                and not (summary and self.collector.records)):
+            return  # nothing to write: the environment (which imports torch) is not needed
         end = SessionEnd(exitstatus=exitstatus, collect_only=bool(self.config.option.collectonly),
                          collect_errors=self.collect_errors, interrupted=self.interrupted,
                          stopped=str(session.shouldfail or session.shouldstop or "") or None)
         reason = end.incomplete_reason()
-        run = RunResults(environment=self.environment, results=self.collector.records,
-                         complete=reason is None, incomplete_reason=reason)
+        run = self._run(complete=reason is None, incomplete_reason=reason)
         self.end_lines = write_outputs(run, self.settings.json_path, self.settings.save_path)
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary and run.results:
             try:
                 self._append_step_summary(summary, run)

@@ -73,7 +73,9 @@ def _write(run: RunResults, path: Path, what: str) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - one output failing must not stop the others
         return Outcome(f"could not write {what} {path}: {exc}", ok=False)
     incomplete = "" if run.complete else f", incomplete: {run.incomplete_reason}"
-    return Outcome(f"wrote {what} {path} ({_records(run)}{incomplete})", ok=True)
+    # A baseline is for later runs: say how to use it.
+    then = f"; compare a later run with --sdmem-compare {path}" if what == "baseline" else ""
+    return Outcome(f"wrote {what} {path} ({_records(run)}{incomplete}){then}", ok=True)
 
 
 def write_outputs(run: RunResults, json_path: Path | None, save_path: Path | None

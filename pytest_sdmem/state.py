@@ -4,16 +4,17 @@ the collected records (on the controller, records from every xdist worker arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_sdmem.budgets import Overhead
 from pytest_sdmem.markers import MarkerError, MaxVram, MinSpeedup, one_value, parse_sd_technique
 from pytest_sdmem.memory import MemoryReport, MemoryTracker
-from pytest_sdmem.results import TestRecord
 from pytest_sdmem.settings import Settings
-from pytest_sdmem.techniques import parse_technique
+
+if TYPE_CHECKING:
+    from pytest_sdmem.budgets import Overhead
+    from pytest_sdmem.results import TestRecord
 
 SETTINGS = pytest.StashKey[Settings]()
 
@@ -65,6 +66,8 @@ STATE = pytest.StashKey[TestState]()
 def marked_technique(item: pytest.Item) -> str | None:
     """The canonical technique of the item's ``sd_technique`` markers (all must agree), or
     None without one."""
+    from pytest_sdmem.techniques import parse_technique  # imports torch: only for sd_pipe tests
+
     return one_value(item, "sd_technique",
                      lambda args, kwargs: parse_technique(parse_sd_technique(args, kwargs)).expr)
 
@@ -75,6 +78,8 @@ def technique_of(item: pytest.Item) -> str:
     A parametrized technique and a marked one that differ are an error: either choice would
     silently measure a pipeline the other asked not to.
     """
+    from pytest_sdmem.techniques import parse_technique  # imports torch: only for sd_pipe tests
+
     marked = marked_technique(item)
     callspec = getattr(item, "callspec", None)
     if callspec is None or "sd_pipe" not in callspec.params:
@@ -99,6 +104,8 @@ class Collector:
     def add(self, report: pytest.TestReport) -> None:
         data = getattr(report, "sdmem", None)
         if report.when == "call" and data is not None:
+            from pytest_sdmem.results import TestRecord
+
             self.by_nodeid[report.nodeid] = TestRecord.from_dict(data)
             return
         record = self.by_nodeid.get(report.nodeid)

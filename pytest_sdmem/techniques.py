@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -33,16 +34,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from packaging.version import Version
 
+from pytest_sdmem.errors import TechniqueError
+
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
     Pipe = StableDiffusionPipeline
 else:
     Pipe = Any
-
-
-class TechniqueError(ValueError):
-    """A technique expression that cannot be used; the message says what and what is accepted."""
 
 
 class Stage(IntEnum):
@@ -205,11 +204,26 @@ def _modules(pipe: Pipe) -> list[torch.nn.Module]:
     return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
 
 
+class _NoModuleKeptInFloat32(logging.Filter):
+    """Drops diffusers' notice, logged by ``ModelMixin.to(dtype)`` for every model, that the
+    model's modules to keep in float32 are ``[]``: Stable Diffusion's models have none, so the
+    notice says nothing and would print on every fp16 test. A non-empty list still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "that should be kept in float32: []." not in record.getMessage()
+
+
 def cast_pipeline(pipe: Pipe, dtype: torch.dtype) -> None:
     """Cast every model of ``pipe`` to ``dtype``; a no-op when already there (the runner loads
     in the set's dtype, so this only does work on a pipeline built in another dtype)."""
     if any(m.dtype != dtype for m in _modules(pipe)):
-        pipe.to(dtype=dtype, silence_dtype_warnings=True)
+        notice = _NoModuleKeptInFloat32()
+        logger = logging.getLogger("diffusers.models.modeling_utils")
+        logger.addFilter(notice)
+        try:
+            pipe.to(dtype=dtype, silence_dtype_warnings=True)
+        finally:
+            logger.removeFilter(notice)
 
 
 @dataclass(frozen=True)

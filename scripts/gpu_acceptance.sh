@@ -17,7 +17,7 @@
 #   pytest.log    the whole pytest output, durations included
 #   estimate.json the same tests estimated without the GPU (--sdmem-estimate, on this CPU)
 #   overhead.toml this card's overhead over those estimates (sdmem calibrate): the table to add
-#                 to tests/techniques/budgets.toml after reading it (README: "Reserved and
+#                 to tests/techniques/budgets.toml after reading it (docs/estimates.md: "Reserved and
 #                 process budgets on an estimate")
 # Exits with pytest's status, after writing the table even when tests failed.
 set -euo pipefail

@@ -22,6 +22,20 @@ METHOD_RUSAGE_LIFETIME = "ru_maxrss-lifetime"
 #: Nothing available (Windows without /proc or resource).
 METHOD_UNAVAILABLE = "unavailable"
 
+#: What each method means, in the words a report shows (the JSON keeps the short code).
+METHOD_WORDS = {
+    METHOD_RESET: "during this block",
+    METHOD_VMHWM_LIFETIME: "since the process started: the kernel would not reset the peak",
+    METHOD_RUSAGE_LIFETIME: "since the process started",
+    METHOD_UNAVAILABLE: "not available on this system",
+}
+
+
+def describe_method(method: str) -> str:
+    """The plain words for a method code; a code this table does not know (an estimate's own
+    wording, a newer version's code) is shown as it is."""
+    return METHOD_WORDS.get(method, method)
+
 
 class HostRssMeter:
     """Reads (and where possible resets) the process's peak resident set size.

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from pytest_sdmem.memory.host import HOST_RSS, HostRssMeter
+from pytest_sdmem.memory.host import HOST_RSS, HostRssMeter, describe_method
 from pytest_sdmem.units import format_size
 
 
@@ -101,7 +101,8 @@ class MemoryReport:
         ]
         if self.host_peak_rss is not None:
             parts.append(
-                f"host peak RSS {format_size(self.host_peak_rss)} ({self.host_rss_method})"
+                f"host peak RSS {format_size(self.host_peak_rss)} "
+                f"({describe_method(self.host_rss_method)})"
             )
         if self.process_peak is not None:
             parts.append(f"process peak {format_size(self.process_peak)}")

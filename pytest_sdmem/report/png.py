@@ -64,11 +64,15 @@ def _draw_panel(ax: Any, name: str, bars: list[Bar], fmt: Callable[[float], str]
     for y, bar in zip(ys, bars, strict=True):
         if bar.limit is not None:
             ax.vlines(bar.limit, y - 0.45, y + 0.45, colors="#1f2328", linestyles="dashed")
-        # The figure is written past the budget line too, so the line never crosses the text.
-        ax.annotate(fmt(bar.value), (max(bar.value, bar.limit or 0), y), xytext=(4, 0),
+        # Written past the budget line too, so the line never crosses the text; the text names
+        # both figures, so a label beside the line is not read as the budget's own.
+        text = fmt(bar.value) if bar.limit is None else (
+            f"{fmt(bar.value)} (budget {fmt(bar.limit)})")
+        ax.annotate(text, (max(bar.value, bar.limit or 0), y), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=8)
     ax.set_yticks(list(ys), [short_label(b.label) for b in bars], fontsize=8)
     ax.invert_yaxis()
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(v) if v else "0"))
-    ax.set_xlim(0, max([b.value for b in bars] + [b.limit or 0 for b in bars]) * 1.15 or 1)
+    room = 1.6 if any(b.limit is not None for b in bars) else 1.15  # for the labels' text
+    ax.set_xlim(0, max([b.value for b in bars] + [b.limit or 0 for b in bars]) * room or 1)
     ax.set_title(name, loc="left", fontsize=10)

@@ -28,7 +28,10 @@ def test_steady():
 def baseline(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     pytester.makepyfile(test_inner_gate=TEST_FILE)
     monkeypatch.setenv("SDMEM_TEST_SIZE", str(32 * 2**20))
-    pytester.runpytest("--sdmem-save=base/baseline.json").assert_outcomes(passed=2)
+    saved = pytester.runpytest("--sdmem-save=base/baseline.json")
+    saved.assert_outcomes(passed=2)
+    saved.stdout.fnmatch_lines(["sdmem: wrote baseline base*baseline.json (2 records); "
+                                "compare a later run with --sdmem-compare *"])
     path = pytester.path / "base" / "baseline.json"
     assert json.loads(path.read_text())["schema_version"] == 1
     return path
@@ -83,6 +86,13 @@ def test_a_bad_baseline_is_a_usage_error_and_stays_untouched(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*pytest-sdmem: *bad.json*{problem}*"])
     assert path.read_bytes() == content
+
+
+def test_a_missing_baseline_says_how_to_record_one(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_inner_gate=TEST_FILE)
+    result = pytester.runpytest("--sdmem-compare=missing.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--sdmem-compare missing.json: no such file*--sdmem-save*"])
 
 
 def test_another_card_is_not_compared_but_warned(

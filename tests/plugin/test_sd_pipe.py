@@ -43,7 +43,8 @@ def test_techniques_select_skip_and_fail_at_collection(
         "SKIPPED [[]1[]] *sequential_offload needs a CUDA device: run with --gpu*",
         "*test_generate[[]bogus[]]*unknown technique 'bogus'*",
         "*test_generate[[]model_offload+sequential_offload[]]*offload*",
-        "*test_generate[[]attention_slicing+xformers[]]*2053*",
+        "*ERROR at setup of test_generate[[]attention_slicing+xformers[]]*",
+        "cannot combine 'attention_slicing+xformers'*2053*",
     ])
     records = {r["nodeid"].split("::")[1]: r for r in json.loads(
         (pytester.path / "r.json").read_text())["results"]}
@@ -62,3 +63,7 @@ def test_a_missing_model_is_one_clear_error(pytester: pytest.Pytester, tmp_path:
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*{missing}*"])
     result.stdout.no_fnmatch_line("*Traceback*")
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
+    # Once in the error's report, once in the short summary (which does not repeat the id).
+    assert sum(f"model '{missing}'" in line for line in result.outlines) == 2
+    result.stdout.fnmatch_lines([f"ERROR *test_x - Failed: model '{missing}'*"])

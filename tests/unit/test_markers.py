@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pytest_sdmem.markers import (
+    MARKERS,
     MarkerError,
     MaxVram,
     MinSpeedup,
@@ -71,3 +74,12 @@ def test_named_budgets_come_from_the_lookup() -> None:
         parse_max_vram(("1GB",), {"budget": "offload"}, lookup)
     with pytest.raises(MarkerError, match="needs a budgets file"):
         parse_min_speedup((), {"budget": "fp16"}, None)
+
+
+def test_marker_help_agrees_with_what_the_plugin_does() -> None:
+    """``pytest --markers`` text: no confidence figure that failures would contradict (the
+    sequential looks report a wider interval than 95%), and the gpu marker names the way to
+    check its budgets without a GPU."""
+    assert not re.search(r"\d+(\.\d+)?%", MARKERS["min_speedup"])
+    assert "confidence interval" in MARKERS["min_speedup"]
+    assert "--sdmem-estimate" in MARKERS["gpu"]

@@ -16,7 +16,7 @@ from pytest_sdmem.cli import main
 from pytest_sdmem.report.html import render_html
 from pytest_sdmem.report.markdown import render_markdown
 from pytest_sdmem.report.png import PlotUnavailableError, render_png
-from pytest_sdmem.report.table import COLUMNS, table_rows
+from pytest_sdmem.report.table import COLUMNS, render_text, table_rows
 from pytest_sdmem.results import RunResults, TestRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -182,3 +182,55 @@ def test_a_speedup_without_an_interval_is_reported_and_compared(
     assert main(["compare", str(path), str(path)]) == 0
     assert "speedup" in capsys.readouterr().out
 
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_terminal_table_fits_the_terminal(width: int) -> None:
+    """The session table is as wide as pytest's terminal: the test id gives way first (its end
+    kept), then rows become blocks; every cell still shows, the JSON keeps everything."""
+    long_id = ("tests/techniques/test_weights.py::test_layerwise_casting_cuts_the_weights_"
+               "further[fp16+layerwise_casting]")
+    run = sample_run()
+    run.results[0].nodeid = long_id
+    rows = table_rows(run.results)
+    natural = render_text(rows)
+    assert max(map(len, natural)) > 120  # the case this is about
+    lines = render_text(rows, width=width)
+    assert max(map(len, lines)) <= width
+    text = "\n".join(lines)
+    for row in rows:
+        for cell in row.cells[1:]:
+            assert cell in text
+    assert "[fp16+layerwise_casting]" in text
+
+
+def test_a_table_that_fits_is_unchanged() -> None:
+    rows = table_rows(sample_run().results)
+    natural = render_text(rows)
+    assert render_text(rows, width=max(map(len, natural))) == natural
+
+
+def test_png_labels_name_the_budget_beside_its_line(
+    results_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bar's figure is written past the budget line; it says which figure is the budget, so
+    it is not read as the line's own label."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    texts: list[str] = []
+    original = Axes.annotate
+
+    def annotate(self: Axes, text: str, *args: object, **kwargs: object) -> object:
+        texts.append(text)
+        return original(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "annotate", annotate)
+    render_png(sample_run())
+    assert "2.40 GB (budget 3.00 GB)" in texts
+
+
+def test_a_speedup_without_an_interval_has_a_cell() -> None:
+    """A time budget that runs out before the fewest pairs an interval needs leaves no CI."""
+    run = sample_run()
+    run.results[2].speedup = {"ratio": 1.8, "ci_low": None, "ci_high": None}
+    assert table_rows(run.results)[2].cells[4] == "1.80x [no CI]"

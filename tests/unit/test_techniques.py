@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import re
 import warnings
 from dataclasses import replace
@@ -36,6 +37,7 @@ from pytest_sdmem.techniques import (
     TechniqueSet,
     TracedUNet,
     apply_techniques,
+    cast_pipeline,
     parse_technique,
     unmet_requirements,
 )
@@ -350,6 +352,18 @@ def test_technique_runs_on_the_cpu_and_matches_none(
     diff = np.abs(images.astype(np.float64) - baseline)
     assert diff.max() <= ts.output_tolerance.max_abs
     assert diff.mean() <= ts.output_tolerance.mean_abs
+
+
+def test_a_cast_logs_no_empty_float32_notice(
+    tiny_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """diffusers logs "modules ... that should be kept in float32: []" for every model cast;
+    with no such module it is noise printed twice per fp16 test."""
+    pipe = load_pipeline("tiny", dtype=torch.float32, cache_dir=tiny_dir)
+    with caplog.at_level(logging.INFO, logger="diffusers"):
+        cast_pipeline(pipe, torch.float16)
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.float16
+    assert not [r for r in caplog.records if "kept in float32" in r.getMessage()]
 
 
 def test_classic_and_sdpa_processors(tiny_dir: Path) -> None:

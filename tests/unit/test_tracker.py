@@ -14,6 +14,7 @@ from pytest_sdmem.memory import (
     TrackerError,
     get_backend,
 )
+from pytest_sdmem.memory.host import describe_method
 
 MIB = 2**20
 
@@ -184,7 +185,8 @@ def test_report_text_dict_and_merge() -> None:
     text = str(m)
     assert text.startswith("cpu (")
     assert "(+64.00 MB over" in text
-    assert m.host_rss_method in text
+    assert f"({describe_method(m.host_rss_method)})" in text
+    assert "vmhwm" not in text  # the code stays in the JSON, the text says what it means
     data = m.last_report.to_dict()
     assert data["peak_delta_bytes"] == 64 * 10**6
     assert data["peak_allocated_bytes"] - data["start_allocated_bytes"] == 64 * 10**6
