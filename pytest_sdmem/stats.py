@@ -9,13 +9,13 @@ Bin(n, 1/2), assumes nothing about the shape of the distribution: only that the 
 are independent draws from one distribution. Its coverage is exact for continuous data and
 conservative with ties, at every sample size that has one (6 values at 95%).
 
-A speed-up measurement looks at its interval after every pair and stops at the first verdict;
-each look is one more chance of a verdict by luck (with a 95% interval after each of 40 pairs,
-a claim exactly at the true ratio passes 7.7% of the time, not 2.5%). ``sequential_confidence``
-widens the interval of every look just enough for the whole sequence of looks to keep the
-confidence asked for. The same distribution-free argument makes this exact: when the true
-median ratio equals the claim, whether each ratio lies below it is a fair coin, so the chance
-that any look's interval clears the claim follows from the binomial random walk alone.
+A speed-up measurement is different: the claim is about a ratio of two pipelines' times, and it
+should settle in a few pairs when the answer is clear. ``SequentialPlan`` looks after every
+pair from the third: a t-test on the log-ratios, whose interval shrinks with the data's spread
+(three or four pairs settle a clear claim on a quiet machine), at a per-look level chosen so
+that all the looks together keep the wrong-verdict rate of a claim equal to the true ratio,
+pass and fail counted together, at 2.5%. When the log-ratios look heavy-tailed it falls back to
+the distribution-free interval of the median above, from the tenth pair.
 """
 
 from __future__ import annotations
@@ -124,70 +124,175 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     return ordered[ranks.lower], ordered[ranks.upper]
 
 
-def _wrong_pass_probability(confidence: float, first: int, last: int) -> Fraction:
-    """The probability that an interval at ``confidence``, looked at after each of ``first`` to
-    ``last`` pairs, lies at or above a claim equal to the true median ratio at some look.
+def student_t_sf(t: float, df: int) -> float:
+    """P(T >= t) for Student's t with ``df`` degrees of freedom (an int of at least 1).
 
-    The interval's lower end is at or above the claim exactly when at most ``lower`` ratios lie
-    below it; under the claim each ratio does so with probability 1/2, independently. Counted
-    exactly over the 2**last equally likely paths of below/above, absorbing those that pass.
+    Exact closed form for integer degrees of freedom (Abramowitz & Stegun 26.7.3-4, with
+    theta = atan(t / sqrt(df))): a finite series in cos(theta), no special functions, so the
+    plugin needs no scipy.
     """
-    paths = [1]  # paths[k]: paths not absorbed yet with k ratios below the claim
-    absorbed = 0
-    for n in range(1, last + 1):
-        paths = [(paths[k] if k < len(paths) else 0) + (paths[k - 1] if k else 0)
-                 for k in range(n + 1)]
-        ranks = median_ci_ranks(n, confidence) if n >= first else None
-        if ranks is not None:
-            absorbed += sum(paths[: ranks.lower + 1]) * 2 ** (last - n)
-            paths[: ranks.lower + 1] = [0] * (ranks.lower + 1)
-    return Fraction(absorbed, 2**last)
+    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
+        raise ValueError(f"degrees of freedom must be an int of at least 1, got {df!r}")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    term = series = 1.0
+    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * cos2
+            series += term
+        inside = 2 / math.pi * (theta + (sin * math.cos(theta) * series if df > 1 else 0.0))
+    else:  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * cos2
+            series += term
+        inside = sin * series
+    tail = (1 - inside) / 2  # P(|T| >= |t|) / 2
+    return tail if t >= 0 else 1 - tail
 
 
-@lru_cache(maxsize=64)
-def sequential_confidence(confidence: float, first: int, last: int) -> float:
-    """The confidence of each look's interval, for looks after every pair from ``first`` to
-    ``last``, such that all the looks together pass (or, by symmetry, fail) a claim equal to
-    the true median ratio with probability at most ``(1 - confidence) / 2``: the same error as
-    a single interval at ``confidence``.
-
-    The smallest such level on a grid of 0.0001 (finer for a confidence of 99.9% or more),
-    rounded up, so never below what is needed.
-    At 95%: 97.76% for pairs 6 to 20, 98.39% for 6 to 30, 98.44% for 6 to 40.
-    """
-    check_confidence(confidence)
-    if not 1 <= first <= last:
-        raise ValueError(f"looks from pair {first} to pair {last}: need 1 <= first <= last")
-    allowed = (1 - Fraction(str(float(confidence)))) / 2
-    if _wrong_pass_probability(confidence, first, last) <= allowed:
-        return confidence  # e.g. a single look
-    # Steps of 0.0001 at 95%; finer for a confidence of 99.9% and above (100 steps per 1 - it).
-    grid = 10 ** max(4, math.ceil(-math.log10(1 - confidence)) + 2)
-    low, high = math.floor(confidence * grid), grid - 1  # levels low/grid fail or are the ask
-    if _wrong_pass_probability(high / grid, first, last) > allowed:
-        raise ValueError(f"no interval level keeps {last - first + 1} looks within "
-                         f"{format_percent(confidence)}")
-    while high - low > 1:
-        mid = (low + high) // 2
-        if _wrong_pass_probability(mid / grid, first, last) <= allowed:
-            high = mid
-        else:
+@lru_cache(maxsize=256)
+def student_t_isf(alpha: float, df: int) -> float:
+    """The t with P(T >= t) = ``alpha`` (0 < alpha < 1/2), by bisection to double precision."""
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"a one-sided tail must be strictly between 0 and 0.5, got {alpha!r}")
+    low, high = 0.0, 1.0
+    while student_t_sf(high, df) > alpha:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        if student_t_sf(mid, df) > alpha:
             low = mid
-    return high / grid
+        else:
+            high = mid
+    return high
 
 
-def speedup_verdict(ratios: Sequence[float], factor: float, confidence: float) -> Verdict:
-    """The verdict on a claim of ``factor``: "pass" when the interval of the median ratio lies at
-    or above it, "fail" when it lies below, "inconclusive" when it contains ``factor`` or there
-    are too few ratios for an interval."""
-    if median_ci_ranks(len(ratios), confidence) is None:
-        return "inconclusive"
-    low, high = median_ci(ratios, confidence)
-    if low >= factor:
-        return "pass"
-    if high < factor:
-        return "fail"
-    return "inconclusive"
+Method = Literal["t", "sign", "none"]
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look of a :class:`SequentialPlan` at the ratios so far says about a claim.
+
+    ``method`` is "t" (t-interval of the mean log-ratio; ``estimate`` its geometric mean),
+    "sign" (order-statistic interval of the median ratio; ``estimate`` the median) or "none"
+    (no interval yet: too few pairs, or heavy-tailed ratios before the fallback's first pair;
+    ``estimate`` the median). ``level`` is the interval's two-sided coverage at this one look.
+    """
+
+    verdict: Verdict
+    method: Method
+    estimate: float
+    ci_low: float | None
+    ci_high: float | None
+    level: float | None
+    heavy_tailed: bool
+
+
+@dataclass(frozen=True)
+class SequentialPlan:
+    """When a paired speed-up measurement looks at its ratios, and with which test.
+
+    After each pair from ``first_look`` to ``max_pairs`` the plan looks once. A look is a
+    t-test on the log-ratios: the interval mean +- t(look_alpha, n-1) * sd / sqrt(n),
+    back on the ratio scale, passes the claim when it lies at or above it and fails it when it
+    lies below. Log-ratios, because a ratio of two right-skewed times is skewed, while its
+    logarithm is the difference of two log-times, symmetric when the two sides' noise is
+    alike. A t-interval uses the spread of the data, so when the machine is quiet three or four
+    pairs settle a clear claim; an order-statistic (sign) interval cannot say anything with
+    fewer than 6-8 values whatever their spread.
+
+    Each look is one more chance of a wrong verdict. ``look_alpha`` is the one-sided level of
+    every look, chosen so that a claim equal to the true ratio gets a verdict, pass or fail,
+    in at most ``error_rate`` of runs over all the looks together. 0.0023 per side per look:
+    2.38% of 50,000 simulated runs of normal log-ratios over looks at pairs 3-12 got a verdict
+    (0.0024: 2.48%, 0.0025: 2.57%; standard error 0.07%; ``benchmarks/verdict_simulation.py
+    --calibrate`` recomputes it). A per-side level that kept only one direction within 2.5%
+    (0.0039) would give wrong verdicts in 3.8% of runs. Each look's t-test alone is exact for
+    normal log-ratios; only the combination of the correlated looks needs the simulation.
+
+    Heavy tails (a preempted round, a neighbour's burst: one call 5-20x slower) break the
+    t-test's premise. A look first checks the log-ratios for outliers (``heavy_tailed``); with
+    one, the plan gives no verdict before pair ``fallback_from`` and from there uses the
+    distribution-free order-statistic interval of the median ratio at the same per-look level
+    (exact for any continuous distribution, see ``median_ci_ranks``).
+    """
+
+    first_look: int = 3
+    max_pairs: int = 12
+    look_alpha: float = 0.0023
+    fallback_from: int = 10
+    error_rate: float = 0.025
+    #: A log-ratio further than this many robust standard deviations (1.4826 x the median
+    #: absolute deviation) from the median is an outlier...
+    outlier_sds: float = 5.0
+    #: ... if it is also further than this from the median: 0.2 = 22% on the ratio scale,
+    #: far beyond a quiet machine's few percent, and below the 5-20x of a preempted round.
+    outlier_floor: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.first_look <= self.fallback_from <= self.max_pairs:
+            raise ValueError(
+                f"a plan needs 2 <= first_look ({self.first_look}) <= fallback_from "
+                f"({self.fallback_from}) <= max_pairs ({self.max_pairs})")
+        if not 0 < self.look_alpha < self.error_rate < 0.5:
+            raise ValueError(f"a plan needs 0 < look_alpha ({self.look_alpha}) < error_rate "
+                             f"({self.error_rate}) < 0.5")
+
+    def heavy_tailed(self, logs: Sequence[float]) -> bool:
+        """Whether any log-ratio is an outlier (both limits of the class attributes exceeded).
+
+        Both limits, because on 3 or 4 values the robust spread is itself noisy (normal data
+        break the relative limit alone in 10-20% of looks there), while a shift of 22% between
+        one pair and the others is no timing noise of a quiet machine.
+        """
+        mid = median(logs)
+        deviations = [abs(x - mid) for x in logs]
+        limit = max(self.outlier_sds * 1.4826 * median(deviations), self.outlier_floor)
+        return max(deviations) > limit
+
+    def look(self, ratios: Sequence[float], factor: float) -> Look:
+        """The verdict on a claim of ``factor`` from ``ratios`` (all pairs so far)."""
+        n = len(ratios)
+        logs = [math.log(r) for r in ratios]
+        heavy = n >= 3 and self.heavy_tailed(logs)
+        estimate = median(ratios)
+        low: float
+        high: float
+        if n < self.first_look or (heavy and n < self.fallback_from):
+            return Look("inconclusive", "none", estimate, None, None, None, heavy)
+        if heavy:
+            ranks = median_ci_ranks(n, 1 - 2 * self.look_alpha)
+            if ranks is None:  # a plan whose level needs more pairs than fallback_from
+                return Look("inconclusive", "none", estimate, None, None, None, heavy)
+            ordered = sorted(ratios)
+            method: Method = "sign"
+            low, high, level = ordered[ranks.lower], ordered[ranks.upper], ranks.coverage
+        else:
+            mean = math.fsum(logs) / n
+            sd = math.sqrt(math.fsum((x - mean) ** 2 for x in logs) / (n - 1))
+            half = student_t_isf(self.look_alpha, n - 1) * sd / math.sqrt(n)
+            method, estimate = "t", math.exp(mean)
+            low, high, level = math.exp(mean - half), math.exp(mean + half), 1 - 2 * self.look_alpha
+        verdict: Verdict = "pass" if low >= factor else "fail" if high < factor else "inconclusive"
+        return Look(verdict, method, estimate, low, high, level, heavy)
+
+    def first_verdict(self, ratios: Sequence[float], factor: float,
+                      min_pairs: int | None = None) -> tuple[Look, int]:
+        """Replay the plan over a sequence of ratios: the look that stopped it (the first with
+        a verdict, else the last) and the pairs it took. For simulations of the plan."""
+        first = max(self.first_look, min_pairs or 0)
+        last = min(len(ratios), self.max_pairs)
+        if last < first:
+            raise ValueError(f"need at least {first} ratios to replay the plan, got {len(ratios)}")
+        for n in range(first, last + 1):
+            result = self.look(ratios[:n], factor)
+            if result.verdict != "inconclusive":
+                return result, n
+        return result, last
+
+
+DEFAULT_PLAN = SequentialPlan()
 
 
 def format_percent(confidence: float) -> str:
@@ -199,18 +304,22 @@ def format_percent(confidence: float) -> str:
 class SpeedupResult:
     """A paired speed-up measurement of a test pipeline against a baseline, and its verdict.
 
-    ``ratios[i] = times_base[i] / times_test[i]`` (above 1: the test is faster). ``ratio`` is
-    their median and ``ci_low``/``ci_high`` its interval at ``interval_confidence`` (None with
-    too few pairs), which also decided the verdict. ``confidence`` is the measurement's; the
-    interval's is higher when it was looked at after several pair counts, so that all the looks
-    together keep ``confidence`` (``sequential_confidence``). ``stop_reason`` is "verdict" when
-    the interval settled the claim, "max_time" when the time budget ran out first, "max_pairs"
-    when the most pairs allowed were run; ``elapsed`` is the wall time of the timed pairs, in
-    seconds.
+    ``ratios[i] = times_base[i] / times_test[i]`` (above 1: the test is faster). The verdict is
+    the last look of the :class:`SequentialPlan`: ``method`` "t" (interval of the geometric mean
+    ratio, a t-test on log-ratios), "sign" (order-statistic interval of the median ratio, when
+    the ratios looked heavy-tailed) or "none" (no interval: too few pairs, or heavy-tailed
+    before the fallback's first pair; ``ci_low``/``ci_high`` are then None and the verdict is
+    "inconclusive"). ``ratio`` is the estimate the interval is about (geometric mean for "t",
+    median otherwise); ``interval_confidence`` the interval's coverage at that one look (None
+    without one). ``error_rate`` is the plan's bound on a wrong verdict, pass or fail, for a
+    claim equal to the true ratio, over all its looks. ``stop_reason`` is "verdict" when the
+    interval settled the claim, "max_time" when the next pair would not fit in the time budget,
+    "max_pairs" when the plan's last look was taken; ``elapsed`` is the wall time of the timed
+    pairs, in seconds.
     """
 
     factor: float
-    confidence: float
+    error_rate: float
     times_test: tuple[float, ...]
     times_base: tuple[float, ...]
     ratios: tuple[float, ...]
@@ -221,9 +330,11 @@ class SpeedupResult:
     ci_high: float | None
     pairs: int
     verdict: Verdict
+    method: Method
+    heavy_tailed: bool
     stop_reason: StopReason
     elapsed: float
-    interval_confidence: float
+    interval_confidence: float | None
 
     @classmethod
     def from_pairs(
@@ -232,13 +343,12 @@ class SpeedupResult:
         times_base: Sequence[float],
         *,
         factor: float,
-        confidence: float,
         stop_reason: StopReason,
         elapsed: float,
-        interval_confidence: float | None = None,
+        plan: SequentialPlan = DEFAULT_PLAN,
     ) -> SpeedupResult:
-        """Summarise paired round times (``times_test[i]`` and ``times_base[i]`` from pair i);
-        the interval and the verdict at ``interval_confidence`` (default: ``confidence``)."""
+        """Summarise paired round times (``times_test[i]`` and ``times_base[i]`` from pair i):
+        the verdict is ``plan``'s look at all the pairs."""
         if len(times_test) != len(times_base) or not times_test:
             raise ValueError(
                 f"need the same positive number of test and base times, got {len(times_test)} "
@@ -247,28 +357,25 @@ class SpeedupResult:
         if min(*times_test, *times_base) <= 0:
             raise ValueError("round times must be positive (clamp readings to the clock tick)")
         ratios = tuple(b / t for t, b in zip(times_test, times_base, strict=True))
-        level = confidence if interval_confidence is None else interval_confidence
-        ci = (
-            median_ci(ratios, level)
-            if median_ci_ranks(len(ratios), level) is not None
-            else (None, None)
-        )
+        look = plan.look(ratios, factor)
         return cls(
             factor=factor,
-            confidence=confidence,
+            error_rate=plan.error_rate,
             times_test=tuple(times_test),
             times_base=tuple(times_base),
             ratios=ratios,
             median_test=median(times_test),
             median_base=median(times_base),
-            ratio=median(ratios),
-            ci_low=ci[0],
-            ci_high=ci[1],
+            ratio=look.estimate,
+            ci_low=look.ci_low,
+            ci_high=look.ci_high,
             pairs=len(ratios),
-            verdict=speedup_verdict(ratios, factor, level),
+            verdict=look.verdict,
+            method=look.method,
+            heavy_tailed=look.heavy_tailed,
             stop_reason=stop_reason,
             elapsed=elapsed,
-            interval_confidence=level,
+            interval_confidence=look.level,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,14 +383,13 @@ class SpeedupResult:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def _interval_text(self) -> str:
-        level = self.interval_confidence
-        if self.ci_low is None or self.ci_high is None:
-            return (
-                f"no {format_percent(level)} CI: {self.pairs} pairs of the "
-                f"{min_sample_size(level)} it needs"
-            )
-        return (f"{format_percent(level)} CI {self.ci_low:.2f}-{self.ci_high:.2f}, "
-                f"{self.pairs} pairs")
+        if self.ci_low is None or self.ci_high is None or self.interval_confidence is None:
+            why = ("heavy-tailed ratios: the distribution-free interval from pair "
+                   f"{DEFAULT_PLAN.fallback_from}" if self.heavy_tailed else "too few pairs")
+            return f"no interval: {why}, {self.pairs} pairs"
+        name = "t-test on log-ratios" if self.method == "t" else "sign test, heavy-tailed"
+        return (f"{self.interval_confidence:.2%} CI {self.ci_low:.2f}-"
+                f"{self.ci_high:.2f}, {name}, {self.pairs} pairs")
 
     def reason(self, baseline_name: str) -> str:
         """One line for a failure or a summary, naming the figures that decided the verdict."""
@@ -296,7 +402,7 @@ class SpeedupResult:
         if self.verdict == "fail":
             return f"{head} below {claim} ({medians})"
         unsettled = (
-            "too few pairs for an interval"
+            "no interval yet"
             if self.ci_low is None
             else f"the interval still contains {self.factor:.2f}x"
         )

@@ -44,6 +44,8 @@ def _speedup_cell(record: TestRecord) -> str:
     if not record.speedup:
         return "-"
     s = record.speedup
+    if s.get("ci_low") is None or s.get("ci_high") is None:  # inconclusive without an interval
+        return f"{s['ratio']:.2f}x [no interval]"
     return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
 
 

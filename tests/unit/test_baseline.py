@@ -197,7 +197,7 @@ def with_record(**fields: object) -> bytes:
         (with_record(memory="3 GB"), "results[0].memory is not an object"),
         (with_record(memory={"peak_allocated_bytes": "3 GB"}),
          "results[0].memory.peak_allocated_bytes is not a number"),
-        (with_record(speedup={"ratio": 2.0}), "results[0].speedup.ci_low is not a number"),
+        (with_record(speedup={"ci_low": 1.9}), "results[0].speedup.ratio is not a number"),
     ],
     ids=["corrupt", "truncated", "empty", "foreign-schema", "package-json", "junit-xml", "binary",
          "memory-not-object", "figure-not-number", "speedup-incomplete"],
