@@ -14,8 +14,8 @@ should settle in a few pairs when the answer is clear. ``SequentialPlan`` looks 
 pair from the third: a t-test on the log-ratios, whose interval shrinks with the data's spread
 (three or four pairs settle a clear claim on a quiet machine), at a per-look level chosen so
 that all the looks together keep the wrong-verdict rate of a claim equal to the true ratio,
-pass and fail counted together, at 2.5%. When the log-ratios look heavy-tailed it falls back to
-the distribution-free interval of the median above, from the tenth pair.
+pass and fail counted together, at 2.5%. From the tenth pair on, and alone when the log-ratios
+look heavy-tailed, the distribution-free interval of the median above decides too.
 """
 
 from __future__ import annotations
@@ -167,6 +167,59 @@ def student_t_isf(alpha: float, df: int) -> float:
     return high
 
 
+def _wrong_pass_probability(confidence: float, first: int, last: int) -> Fraction:
+    """The probability that an interval at ``confidence``, looked at after each of ``first`` to
+    ``last`` pairs, lies at or above a claim equal to the true median ratio at some look.
+
+    The interval's lower end is at or above the claim exactly when at most ``lower`` ratios lie
+    below it; under the claim each ratio does so with probability 1/2, independently. Counted
+    exactly over the 2**last equally likely paths of below/above, absorbing those that pass.
+    """
+    paths = [1]  # paths[k]: paths not absorbed yet with k ratios below the claim
+    absorbed = 0
+    for n in range(1, last + 1):
+        paths = [(paths[k] if k < len(paths) else 0) + (paths[k - 1] if k else 0)
+                 for k in range(n + 1)]
+        ranks = median_ci_ranks(n, confidence) if n >= first else None
+        if ranks is not None:
+            absorbed += sum(paths[: ranks.lower + 1]) * 2 ** (last - n)
+            paths[: ranks.lower + 1] = [0] * (ranks.lower + 1)
+    return Fraction(absorbed, 2**last)
+
+
+@lru_cache(maxsize=64)
+def sequential_confidence(confidence: float, first: int, last: int) -> float:
+    """The confidence of each look's interval, for looks after every pair from ``first`` to
+    ``last``, such that all the looks together pass (or, by symmetry, fail) a claim equal to
+    the true median ratio with probability at most ``(1 - confidence) / 2``: the same error as
+    a single interval at ``confidence``.
+
+    The smallest such level on a grid of 0.0001 (finer for a confidence of 99.9% or more),
+    rounded up, so never below what is needed.
+    At 95%: 97.76% for pairs 6 to 20, 98.39% for 6 to 30; at 99.25% (the sign track of
+    ``SequentialPlan``): 99.743% for pairs 10 to 30.
+    """
+    check_confidence(confidence)
+    if not 1 <= first <= last:
+        raise ValueError(f"looks from pair {first} to pair {last}: need 1 <= first <= last")
+    allowed = (1 - Fraction(str(float(confidence)))) / 2
+    if _wrong_pass_probability(confidence, first, last) <= allowed:
+        return confidence  # e.g. a single look
+    # Steps of 0.0001 at 95%; finer for a confidence of 99.9% and above (100 steps per 1 - it).
+    grid = 10 ** max(4, math.ceil(-math.log10(1 - confidence)) + 2)
+    low, high = math.floor(confidence * grid), grid - 1  # levels low/grid fail or are the ask
+    if _wrong_pass_probability(high / grid, first, last) > allowed:
+        raise ValueError(f"no interval level keeps {last - first + 1} looks within "
+                         f"{format_percent(confidence)}")
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _wrong_pass_probability(mid / grid, first, last) <= allowed:
+            high = mid
+        else:
+            low = mid
+    return high / grid
+
+
 Method = Literal["t", "sign", "none"]
 
 
@@ -176,7 +229,7 @@ class Look:
 
     ``method`` is "t" (t-interval of the mean log-ratio; ``estimate`` its geometric mean),
     "sign" (order-statistic interval of the median ratio; ``estimate`` the median) or "none"
-    (no interval yet: too few pairs, or heavy-tailed ratios before the fallback's first pair;
+    (no interval yet: too few pairs, or heavy-tailed ratios before the sign track's first pair;
     ``estimate`` the median). ``level`` is the interval's two-sided coverage at this one look.
     """
 
@@ -189,40 +242,49 @@ class Look:
     heavy_tailed: bool
 
 
+def _verdict(low: float, high: float, factor: float) -> Verdict:
+    return "pass" if low >= factor else "fail" if high < factor else "inconclusive"
+
+
 @dataclass(frozen=True)
 class SequentialPlan:
     """When a paired speed-up measurement looks at its ratios, and with which test.
 
-    After each pair from ``first_look`` to ``max_pairs`` the plan looks once. A look is a
-    t-test on the log-ratios: the interval mean +- t(look_alpha, n-1) * sd / sqrt(n),
-    back on the ratio scale, passes the claim when it lies at or above it and fails it when it
-    lies below. Log-ratios, because a ratio of two right-skewed times is skewed, while its
-    logarithm is the difference of two log-times, symmetric when the two sides' noise is
-    alike. A t-interval uses the spread of the data, so when the machine is quiet three or four
-    pairs settle a clear claim; an order-statistic (sign) interval cannot say anything with
-    fewer than 6-8 values whatever their spread.
+    Two tracks of looks, each a chance of a wrong verdict, with the plan's ``error_rate`` (a
+    claim equal to the true ratio gets a verdict, pass or fail, in at most 2.5% of runs) split
+    between them; by the union bound the plan errs at most as often as both together.
 
-    Each look is one more chance of a wrong verdict. ``look_alpha`` is the one-sided level of
-    every look, chosen so that a claim equal to the true ratio gets a verdict, pass or fail,
-    in at most ``error_rate`` of runs over all the looks together. 0.0023 per side per look:
-    2.38% of 50,000 simulated runs of normal log-ratios over looks at pairs 3-12 got a verdict
-    (0.0024: 2.48%, 0.0025: 2.57%; standard error 0.07%; ``benchmarks/verdict_simulation.py
-    --calibrate`` recomputes it). A per-side level that kept only one direction within 2.5%
-    (0.0039) would give wrong verdicts in 3.8% of runs. Each look's t-test alone is exact for
-    normal log-ratios; only the combination of the correlated looks needs the simulation.
+    - The t track, after each pair from ``first_look`` to ``last_t_look``: a t-test on the
+      log-ratios, the interval mean +- t(look_alpha, n-1) * sd / sqrt(n) back on the ratio
+      scale. Log-ratios, because a ratio of two right-skewed times is skewed, while its
+      logarithm is the difference of two log-times, symmetric when both sides' noise is alike.
+      Its interval shrinks with the data's spread, so on a quiet machine three or four pairs
+      settle a clear claim, where an order-statistic interval needs 6-10 whatever the spread.
+      ``look_alpha`` (one side, one look) keeps the track's wrong verdicts, both directions
+      together, within ``error_rate - sign_share`` = 1.75% for normal log-ratios: in 60,000
+      simulated runs, 0.0015 erred in 1.63%, 0.0016 in 1.745%, 0.0017 in 1.85% (standard error
+      0.05%; ``benchmarks/verdict_simulation.py --calibrate``); 0.0015 keeps two standard
+      errors of margin. Each look alone is an exact t-test; only the correlated looks together
+      need the simulation. A level that kept each direction alone within the share (twice
+      this one) would err about twice as often.
+    - The sign track, after each pair from ``fallback_from`` to ``max_pairs``: the
+      distribution-free order-statistic interval of the median ratio, each look at the level
+      that keeps all of them within ``sign_share`` (exact for any continuous distribution, see
+      ``sequential_confidence``: 99.743% per look for 0.75% over pairs 10-30).
 
-    Heavy tails (a preempted round, a neighbour's burst: one call 5-20x slower) break the
-    t-test's premise. A look first checks the log-ratios for outliers (``heavy_tailed``); with
-    one, the plan gives no verdict before pair ``fallback_from`` and from there uses the
-    distribution-free order-statistic interval of the median ratio at the same per-look level
-    (exact for any continuous distribution, see ``median_ci_ranks``).
+    Heavy tails (a preempted round, a neighbour's burst: a call 5-20x slower) break the t-test's
+    premise. A look first checks the log-ratios for an outlier (``heavy_tailed``); with one, the
+    t track is skipped and the verdict waits for the sign track. A claim that neither track
+    settles by ``max_pairs`` is inconclusive.
     """
 
     first_look: int = 3
-    max_pairs: int = 12
-    look_alpha: float = 0.0023
+    last_t_look: int = 12
+    look_alpha: float = 0.0015
     fallback_from: int = 10
+    max_pairs: int = 30
     error_rate: float = 0.025
+    sign_share: float = 0.0075
     #: A log-ratio further than this many robust standard deviations (1.4826 x the median
     #: absolute deviation) from the median is an outlier...
     outlier_sds: float = 5.0
@@ -231,13 +293,21 @@ class SequentialPlan:
     outlier_floor: float = 0.2
 
     def __post_init__(self) -> None:
-        if not 2 <= self.first_look <= self.fallback_from <= self.max_pairs:
+        if not (2 <= self.first_look <= self.last_t_look <= self.max_pairs
+                and self.fallback_from <= self.max_pairs):
             raise ValueError(
-                f"a plan needs 2 <= first_look ({self.first_look}) <= fallback_from "
-                f"({self.fallback_from}) <= max_pairs ({self.max_pairs})")
-        if not 0 < self.look_alpha < self.error_rate < 0.5:
-            raise ValueError(f"a plan needs 0 < look_alpha ({self.look_alpha}) < error_rate "
-                             f"({self.error_rate}) < 0.5")
+                f"a plan needs 2 <= first_look ({self.first_look}) <= last_t_look "
+                f"({self.last_t_look}) <= max_pairs ({self.max_pairs}) and fallback_from "
+                f"({self.fallback_from}) <= max_pairs")
+        if not 0 < self.sign_share < self.error_rate < 0.5 or not 0 < self.look_alpha < 0.5:
+            raise ValueError(f"a plan needs 0 < sign_share ({self.sign_share}) < error_rate "
+                             f"({self.error_rate}) < 0.5 and 0 < look_alpha ({self.look_alpha}) "
+                             "< 0.5")
+
+    @property
+    def sign_level(self) -> float:
+        """The sign track's per-look confidence (cached by ``sequential_confidence``)."""
+        return sequential_confidence(1 - self.sign_share, self.fallback_from, self.max_pairs)
 
     def heavy_tailed(self, logs: Sequence[float]) -> bool:
         """Whether any log-ratio is an outlier (both limits of the class attributes exceeded).
@@ -251,31 +321,37 @@ class SequentialPlan:
         limit = max(self.outlier_sds * 1.4826 * median(deviations), self.outlier_floor)
         return max(deviations) > limit
 
+    def t_look(self, ratios: Sequence[float], factor: float) -> Look:
+        """The t track's look (whatever the pair count and the tails: ``look`` decides when)."""
+        n = len(ratios)
+        logs = [math.log(r) for r in ratios]
+        mean = math.fsum(logs) / n
+        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in logs) / (n - 1))
+        half = student_t_isf(self.look_alpha, n - 1) * sd / math.sqrt(n)
+        low, high = math.exp(mean - half), math.exp(mean + half)
+        return Look(_verdict(low, high, factor), "t", math.exp(mean), low, high,
+                    1 - 2 * self.look_alpha, False)
+
     def look(self, ratios: Sequence[float], factor: float) -> Look:
         """The verdict on a claim of ``factor`` from ``ratios`` (all pairs so far)."""
         n = len(ratios)
-        logs = [math.log(r) for r in ratios]
-        heavy = n >= 3 and self.heavy_tailed(logs)
-        estimate = median(ratios)
-        low: float
-        high: float
-        if n < self.first_look or (heavy and n < self.fallback_from):
-            return Look("inconclusive", "none", estimate, None, None, None, heavy)
-        if heavy:
-            ranks = median_ci_ranks(n, 1 - 2 * self.look_alpha)
-            if ranks is None:  # a plan whose level needs more pairs than fallback_from
-                return Look("inconclusive", "none", estimate, None, None, None, heavy)
+        heavy = n >= 3 and self.heavy_tailed([math.log(r) for r in ratios])
+        t_look = None
+        if self.first_look <= n <= self.last_t_look and not heavy:
+            t_look = self.t_look(ratios, factor)
+            if t_look.verdict != "inconclusive":
+                return t_look
+        ranks = median_ci_ranks(n, self.sign_level) if n >= self.fallback_from else None
+        if ranks is not None:
             ordered = sorted(ratios)
-            method: Method = "sign"
-            low, high, level = ordered[ranks.lower], ordered[ranks.upper], ranks.coverage
-        else:
-            mean = math.fsum(logs) / n
-            sd = math.sqrt(math.fsum((x - mean) ** 2 for x in logs) / (n - 1))
-            half = student_t_isf(self.look_alpha, n - 1) * sd / math.sqrt(n)
-            method, estimate = "t", math.exp(mean)
-            low, high, level = math.exp(mean - half), math.exp(mean + half), 1 - 2 * self.look_alpha
-        verdict: Verdict = "pass" if low >= factor else "fail" if high < factor else "inconclusive"
-        return Look(verdict, method, estimate, low, high, level, heavy)
+            low, high = ordered[ranks.lower], ordered[ranks.upper]
+            sign = Look(_verdict(low, high, factor), "sign", median(ratios), low, high,
+                        ranks.coverage, heavy)
+            if t_look is None or sign.verdict != "inconclusive":
+                return sign
+        if t_look is not None:
+            return t_look
+        return Look("inconclusive", "none", median(ratios), None, None, None, heavy)
 
     def first_verdict(self, ratios: Sequence[float], factor: float,
                       min_pairs: int | None = None) -> tuple[Look, int]:
@@ -384,8 +460,8 @@ class SpeedupResult:
 
     def _interval_text(self) -> str:
         if self.ci_low is None or self.ci_high is None or self.interval_confidence is None:
-            why = ("heavy-tailed ratios: the distribution-free interval from pair "
-                   f"{DEFAULT_PLAN.fallback_from}" if self.heavy_tailed else "too few pairs")
+            why = ("heavy-tailed ratios: the distribution-free interval needs "
+                   f"{DEFAULT_PLAN.fallback_from} pairs" if self.heavy_tailed else "too few pairs")
             return f"no interval: {why}, {self.pairs} pairs"
         name = "t-test on log-ratios" if self.method == "t" else "sign test, heavy-tailed"
         return (f"{self.interval_confidence:.2%} CI {self.ci_low:.2f}-"
