@@ -21,10 +21,11 @@ Sources:
   error rate of a trace is a rough figure: its standard error is larger than binomial);
 - synthetic: per-call times with lognormal noise (right-skewed times) of 1% (quiet: the
   ``tiny`` pipeline's scatter on this machine when idle, from the CI widths in
-  docs/performance.md), 3% and 10% (loaded), additive exponential stalls (the same seconds on both sides, so the shorter test call
-  suffers more: the ratio's distribution is skewed), heavy tails (5% of calls 5-20x slower),
-  a linear drift (each call 1% slower than the one before) and a step (from a random call on,
-  every call 1.5x slower). The true ratio is the median ratio over a million simulated pairs.
+  docs/performance.md), 3% and 10% (loaded), additive exponential stalls (the same seconds on
+  both sides, so the shorter test call suffers more: the ratio's distribution is skewed),
+  heavy tails (5% of calls 5-20x slower), a linear drift (each call 1% slower than the one
+  before) and a step (from a random call on, every call 1.5x slower). The true ratio is the
+  median ratio over a million simulated pairs.
 
 ``--calibrate`` finds the t track's per-look level: the largest ``look_alpha`` (on a 0.0001
 grid) whose wrong verdicts at the true ratio, both directions together, stay within the plan's
