@@ -17,6 +17,8 @@ The label (``--label quiet`` or ``loaded``) is the operator's statement of what 
 machine; the load averages before and after are stored next to it so a reader can check it.
 
     python benchmarks/record_traces.py --workload tiny --pairs 150 --label loaded
+
+The file is rewritten after every pair, so a run stopped early keeps the pairs it timed.
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ def numpy_workload() -> tuple[Callable[[], None], Callable[[], None], str]:
     return work(5), work(10), "np.sin over 20k doubles: 5 passes (test) against 10 (base)"
 
 
-def record(fn_test: Callable[[], None], fn_base: Callable[[], None],
-           pairs: int) -> list[dict[str, float]]:
-    """``pairs`` pairs in measure_speedup's order, after one untimed warm-up pair."""
+def record(fn_test: Callable[[], None], fn_base: Callable[[], None], pairs: int,
+           save: Callable[[list[dict[str, float]]], None]) -> None:
+    """``pairs`` pairs in measure_speedup's order, after one untimed warm-up pair; ``save``
+    gets the pairs so far after each one, so a run cut short still leaves its trace."""
     fn_base()
     fn_test()
-    rows = []
+    rows: list[dict[str, float]] = []
     for i in range(pairs):
         order = (fn_base, fn_test) if i % 2 == 0 else (fn_test, fn_base)
         times = {}
@@ -66,7 +69,7 @@ def record(fn_test: Callable[[], None], fn_base: Callable[[], None],
             fn()
             times["base" if fn is fn_base else "test"] = perf_counter() - start
         rows.append(times)
-    return rows
+        save(rows)
 
 
 def main() -> None:
@@ -79,10 +82,28 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
-    meta: dict[str, Any] = {}
+    out = args.out or DATA / f"{args.label}-{args.workload}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "label": args.label,
+        "date": f"{started:%Y-%m-%d %H:%M} UTC",
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
+                   f"{platform.python_version()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "order": "pair i (from 0): base first when i is even, test first when odd",
+    }
+
+    def save(rows: list[dict[str, float]]) -> None:
+        out.write_text(json.dumps({
+            **meta,
+            "load_average_now": [round(x, 2) for x in os.getloadavg()],
+            "test": [round(r["test"], 6) for r in rows],
+            "base": [round(r["base"], 6) for r in rows],
+        }, indent=1) + "\n")
+
     if args.workload == "numpy":
-        fn_test, fn_base, what = numpy_workload()
-        rows = record(fn_test, fn_base, args.pairs)
+        fn_test, fn_base, meta["workload"] = numpy_workload()
+        record(fn_test, fn_base, args.pairs, save)
     else:
         import torch
 
@@ -90,27 +111,13 @@ def main() -> None:
 
         torch.set_num_threads(1)
         meta["torch"] = torch.__version__
-        what = "tiny pipeline, CPU, 64x64, 1 image, technique none: 2 steps (test) against 4 (base)"
+        meta["workload"] = ("tiny pipeline, CPU (1 thread), 64x64, 1 image, technique none: "
+                            "2 steps (test) against 4 (base)")
         with tempfile.TemporaryDirectory() as cache, make_sd_pipe(
                 "tiny", "none", "cpu", cache, GenerationArgs(height=64, width=64)) as pipe:
-            rows = record(lambda: pipe(num_inference_steps=2),
-                          lambda: pipe(num_inference_steps=4), args.pairs)
-    out = args.out or DATA / f"{args.label}-{args.workload}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "label": args.label,
-        "workload": what,
-        "date": f"{started:%Y-%m-%d %H:%M} UTC",
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, Python "
-                   f"{platform.python_version()}",
-        **meta,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "order": "pair i (from 0): base first when i is even, test first when odd",
-        "test": [round(r["test"], 6) for r in rows],
-        "base": [round(r["base"], 6) for r in rows],
-    }, indent=1) + "\n")
-    print(f"{len(rows)} pairs -> {out}", file=sys.stderr)
+            record(lambda: pipe(num_inference_steps=2),
+                   lambda: pipe(num_inference_steps=4), args.pairs, save)
+    print(f"{args.pairs} pairs -> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

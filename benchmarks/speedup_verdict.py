@@ -63,7 +63,7 @@ import torch
 
 from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
 from pytest_sdmem.stats import DEFAULT_PLAN, SpeedupResult
-from pytest_sdmem.timing import measure_speedup, synchronizer
+from pytest_sdmem.timing import TimeBudgetTooShort, measure_speedup, synchronizer
 from pytest_sdmem.units import format_duration
 
 MODEL = "tiny"
@@ -252,16 +252,20 @@ def main() -> None:
             rows: list[str] = []
             all_results: list[SpeedupResult] = []
             for factor in args.factors:
-                results = [
-                    measure_speedup(
-                        fn_test,
-                        fn_base,
-                        factor=factor,
-                        sync=synchronizer("cpu"),
-                        max_time=args.max_time,
-                    )
-                    for _ in range(args.repeats)
-                ]
+                try:
+                    results = [
+                        measure_speedup(
+                            fn_test,
+                            fn_base,
+                            factor=factor,
+                            sync=synchronizer("cpu"),
+                            max_time=args.max_time,
+                        )
+                        for _ in range(args.repeats)
+                    ]
+                except TimeBudgetTooShort as exc:  # a loaded machine: say so, not a traceback
+                    sys.exit(f"--max-time {args.max_time:g}: {exc} (load average "
+                             f"{load_average()})")
                 all_results += results
                 budget = statistics.median(r.elapsed for r in results) / 2
                 rows.append(table_row(factor, results, work.bench_runs(args.repeats, budget)))
