@@ -15,8 +15,9 @@ Each scenario yields runs of up to ``plan.max_pairs`` pairs of (test, base) roun
 
 Sources:
 
-- recorded traces (``benchmarks/data/*.json``, from ``benchmarks/record_traces.py``): every
-  window of consecutive pairs is a run, so drift and bursts play as they happened; the true
+- recorded traces (``benchmarks/data/*.json``, from ``benchmarks/record_traces.py``): a run
+  starts at every pair of the trace and takes the pairs that follow, wrapping around at the
+  end, so drift and bursts play as they happened; the true
   ratio is the median ratio of the whole trace (so the windows are not independent, and the
   error rate of a trace is a rough figure: its standard error is larger than binomial);
 - synthetic: per-call times with lognormal noise (right-skewed times) of 1% (quiet: the
@@ -152,7 +153,8 @@ def traces(pairs: int) -> Iterator[Scenario]:
     for path in sorted(DATA.glob("*.json")):
         data = json.loads(path.read_text())
         ratios = np.asarray(data["base"]) / np.asarray(data["test"])
-        windows = np.lib.stride_tricks.sliding_window_view(ratios, pairs)
+        # One run from each pair on, wrapping around at the end: as many runs as pairs.
+        windows = ratios[(np.arange(len(ratios))[:, None] + np.arange(pairs)) % len(ratios)]
         yield Scenario(f"trace {path.stem} ({len(ratios)} pairs)", windows,
                        float(np.median(ratios)))
 

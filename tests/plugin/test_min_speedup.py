@@ -1,7 +1,9 @@
 """``min_speedup`` end to end on the tiny pipeline: paired rounds, verdicts, figures, errors.
 
 ``none`` against ``none`` has a true ratio of 1, so ``min_speedup(0.5)`` must pass and
-``min_speedup(2.0)`` must fail, whatever the machine's load.
+``min_speedup(2.0)`` must fail, whatever the machine's load. The budget (60 s) only has to hold
+the first looks' 3 pairs on a loaded machine: clear claims settle there, so a quiet machine
+spends a few seconds.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def test_none_against_none(pytester: pytest.Pytester, model_cache: Path) -> None
             sd_pipe()
         """
     )
-    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=10",
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-max-time=60",
                                 "-rA", "-vv", "--sdmem-json=r.json", "--junitxml=j.xml")
     result.assert_outcomes(passed=1, failed=1)
     # Below, or (when a loaded machine leaves the interval wide) inconclusive: both fail.
