@@ -43,7 +43,6 @@ Sync = Callable[[], None]
 CLOCK_TICK = time.get_clock_info("perf_counter").resolution
 
 
-
 def no_sync() -> None:
     """Host work is finished when the call returns: nothing to wait for."""
 
@@ -253,7 +252,8 @@ def measure_speedup(
     machine, or one call warming a cache for the next, weighs on both sides alike; each pair
     gives one ratio ``t_base / t_test``, so a slow spell that hits a whole pair cancels out. After
     each pair, from ``min_pairs`` on, ``plan`` looks at the ratios (``SequentialPlan.look``: a
-    t-test on log-ratios, a distribution-free interval when they are heavy-tailed): the first
+    t-test on log-ratios up to pair 12, the distribution-free interval of the median from pair
+    10, alone when the ratios are heavy-tailed): the first
     "pass" or "fail" stops the run (stop_reason "verdict"). Otherwise the run stops,
     "inconclusive", after the plan's last look (stop_reason "max_pairs") or before a pair that
     would not fit in ``max_time`` (stop_reason "max_time").
