@@ -9,9 +9,12 @@ Bin(n, 1/2), assumes nothing about the shape of the distribution: only that the 
 are independent draws from one distribution. Its coverage is exact for continuous data and
 conservative with ties, at every sample size that has one (6 values at 95%).
 
-A speed-up measurement is different: the claim is about a ratio of two pipelines' times, and it
-should settle in a few pairs when the answer is clear. ``SequentialPlan`` looks after every
-pair from the third: a t-test on the log-ratios, whose interval shrinks with the data's spread
+A speed-up measurement is different: the claim is about a ratio of two pipelines' times, paired
+so that a slow spell hits both, and it should settle in a few pairs when the answer is clear.
+The logarithm of a pair's ratio is the difference of two log-times, symmetric when both sides'
+noise is alike, so there a t-interval is sound, as long as no outlier says the tails are heavy.
+``SequentialPlan`` looks after every pair from the third: a t-test on the log-ratios, whose
+interval shrinks with the data's spread
 (three or four pairs settle a clear claim on a quiet machine), at a per-look level chosen so
 that all the looks together keep the wrong-verdict rate of a claim equal to the true ratio,
 pass and fail counted together, at 2.5%. From the tenth pair on, and alone when the log-ratios
