@@ -86,6 +86,15 @@ def test_markdown_table_has_the_right_shape(results_path: Path) -> None:
     assert split_cells(table[4])[0] == escaped
 
 
+def test_a_speedup_without_an_interval_is_shown_as_such() -> None:
+    """An inconclusive min_speedup may end before its first interval (heavy-tailed ratios, out
+    of time): the table shows the ratio and says so, it does not crash on the missing ends."""
+    run = sample_run()
+    run.results[2].speedup = {"ratio": 1.8, "ci_low": None, "ci_high": None}
+    cells = dict(zip(COLUMNS, table_rows(run.results)[2].cells, strict=True))
+    assert cells["speed-up"] == "1.80x [no interval]"
+
+
 def test_markdown_to_stdout_and_empty_run(tmp_path: Path, capsys) -> None:
     empty = RunResults({"device": "cpu"}).write(tmp_path / "empty.json")
     assert main(["report", str(empty)]) == 0
