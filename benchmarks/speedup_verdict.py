@@ -13,10 +13,11 @@ For each claimed factor (one well below the ratio, which should pass; one near i
 above, which should fail), ``--repeats`` times:
 
 - ``pytest_sdmem.timing.measure_speedup``, the function behind ``@pytest.mark.min_speedup``,
-  runs paired rounds (A B B A ...) until the interval of the median ratio lies above the
-  claim (pass), below it (fail), or ``--max-time`` runs out (inconclusive). The interval is
-  looked at after every pair, each look at the level that keeps all of them together at 95%
-  (``stats.sequential_confidence``: 98.39% for up to 30 pairs).
+  runs paired rounds (A B B A ...) until its sequential plan (``stats.SequentialPlan``: a
+  t-test on log-ratios from pair 3, the distribution-free interval of the median from pair 10
+  and alone when the ratios are heavy-tailed) puts the interval above the claim (pass), below
+  it (fail), or the plan's last look or ``--max-time`` comes first (inconclusive). All looks
+  together give a claim equal to the true ratio a verdict, either way, in at most 2.5% of runs.
 - Then pytest-benchmark, run as users run it (``python -m pytest --benchmark-json=...`` on a
   generated test file whose two tests call the same pipeline with N and 2N steps through the
   ``benchmark`` fixture, default calibration), gets ``--benchmark-max-time`` = half the median
@@ -26,7 +27,8 @@ above, which should fail), ``--repeats`` times:
 
 How to read the table: each cell is the median over the repeats with the range in brackets.
 "time to verdict" is the wall time of min_speedup's timed pairs (warm-up excluded). "CI" is the
-interval of the median ratio at the last look, "CI width" its width relative to the ratio. A
+interval at the last look (of the geometric mean ratio for the t-test, of the median for the
+sign test), "CI width" its width relative to the ratio, "method" which test decided. A
 claim near the true ratio needs more pairs, or ends "inconclusive" when the budget is too short
 to separate them: that is the honest answer, where a single ratio of medians would be read as
 pass or fail by chance. pytest-benchmark's rounds count both of its tests; its time is the sum of
@@ -60,8 +62,8 @@ from pathlib import Path
 import torch
 
 from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
-from pytest_sdmem.stats import SpeedupResult, min_sample_size, sequential_confidence
-from pytest_sdmem.timing import MAX_PAIRS, measure_speedup, synchronizer
+from pytest_sdmem.stats import DEFAULT_PLAN, SpeedupResult
+from pytest_sdmem.timing import TimeBudgetTooShort, measure_speedup, synchronizer
 from pytest_sdmem.units import format_duration
 
 MODEL = "tiny"
@@ -174,8 +176,7 @@ def verdict_counts(results: list[SpeedupResult]) -> str:
 
 def table_row(factor: float, results: list[SpeedupResult], bench: list[BenchRun]) -> str:
     """One claim's figures: min_speedup's verdicts and interval, then pytest-benchmark's."""
-    # Every result has an interval (measure_speedup takes at least the 6 pairs one needs);
-    # the filter is for the type checker.
+    # A run stopped before its first interval (heavy-tailed ratios, out of time) has none.
     cis = [
         (r.ci_low, r.ci_high, r.ratio)
         for r in results
@@ -183,12 +184,14 @@ def table_row(factor: float, results: list[SpeedupResult], bench: list[BenchRun]
     ]
     lows, highs = [low for low, _, _ in cis], [high for _, high, _ in cis]
     widths = [100 * (high - low) / ratio for low, high, ratio in cis]
+    interval = f"{spread(lows)} to {spread(highs)} | {spread(widths, percent)}" if cis else "- | -"
+    methods = Counter(r.method for r in results)
     above = sum(b.ratio >= factor for b in bench)
     return (
         f"| {factor:.2f}x | {verdict_counts(results)} "
         f"| {spread([r.elapsed for r in results], format_duration)} "
         f"| {spread([r.pairs for r in results], count)} | {spread([r.ratio for r in results])} "
-        f"| {spread(lows)} to {spread(highs)} | {spread(widths, percent)} "
+        f"| {interval} | {', '.join(f'{n} {m}' for m, n in sorted(methods.items()))} "
         f"| {spread([b.ratio for b in bench])} | {spread([b.rounds for b in bench], count)} "
         f"| {spread([b.total for b in bench], format_duration)} "
         f"| {above}/{len(bench)} pass, {len(bench) - above}/{len(bench)} fail |"
@@ -249,16 +252,20 @@ def main() -> None:
             rows: list[str] = []
             all_results: list[SpeedupResult] = []
             for factor in args.factors:
-                results = [
-                    measure_speedup(
-                        fn_test,
-                        fn_base,
-                        factor=factor,
-                        sync=synchronizer("cpu"),
-                        max_time=args.max_time,
-                    )
-                    for _ in range(args.repeats)
-                ]
+                try:
+                    results = [
+                        measure_speedup(
+                            fn_test,
+                            fn_base,
+                            factor=factor,
+                            sync=synchronizer("cpu"),
+                            max_time=args.max_time,
+                        )
+                        for _ in range(args.repeats)
+                    ]
+                except TimeBudgetTooShort as exc:  # a loaded machine: say so, not a traceback
+                    sys.exit(f"--max-time {args.max_time:g}: {exc} (load average "
+                             f"{load_average()})")
                 all_results += results
                 budget = statistics.median(r.elapsed for r in results) / 2
                 rows.append(table_row(factor, results, work.bench_runs(args.repeats, budget)))
@@ -281,18 +288,21 @@ def main() -> None:
         f"{work.base_steps} steps: step ratio 2, measured ratio {ratio:.2f} (median of all "
         f"pairs), i.e. a fixed cost (text encoder, VAE decode) of about {100 * fixed_share:.0f}% "
         f"of the test generation",
-        f"- min_speedup: 95% over all looks (each look's interval at "
-        f"{sequential_confidence(0.95, min_sample_size(0.95), MAX_PAIRS):.2%}), budget "
-        f"{args.max_time:g} s; pytest-benchmark "
+        f"- min_speedup: at most {DEFAULT_PLAN.error_rate:.1%} wrong verdicts (pass and fail "
+        f"together) at the true ratio over all looks: t-test on log-ratios at pairs "
+        f"{DEFAULT_PLAN.first_look}-{DEFAULT_PLAN.last_t_look} ("
+        f"{1 - 2 * DEFAULT_PLAN.look_alpha:.2%} per look), sign test at pairs "
+        f"{DEFAULT_PLAN.fallback_from}-{DEFAULT_PLAN.max_pairs} ({DEFAULT_PLAN.sign_level:.3%} "
+        f"per look); budget {args.max_time:g} s; pytest-benchmark "
         f"{version('pytest-benchmark')}, default calibration, `--benchmark-max-time` = half of "
         f"min_speedup's median time for the claim, per test",
         f"- {args.repeats} repeats per claim; cells: median (min-max) over the repeats; "
         f"total run time {time.perf_counter() - started:.0f} s",
         "",
         "| claim | min_speedup verdicts | time to verdict | pairs | ratio | CI | CI width "
-        "| pytest-benchmark ratio of medians | its rounds | its timed total "
+        "| method | pytest-benchmark ratio of medians | its rounds | its timed total "
         "| its ratio read against the claim |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
     print("\n".join(lines))

@@ -319,12 +319,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         # The same generation the test ran (or the defaults), outside the memory window.
         pipe = state.sd_pipe
         args = asdict(pipe.last_args) if pipe.last_args is not None else {}
+        from pytest_sdmem.timing import TimeBudgetTooShort
+
         try:
             state.speedup = pipe.speedup_over(state.min_speedup.baseline,
                                               factor=state.min_speedup.factor,
                                               max_time=settings.max_time, **args)
         except TechniqueError as exc:  # a baseline technique this model cannot take
-            failure = f"{item.nodeid}: min_speedup baseline: {exc}"
+            failure = f"min_speedup baseline: {exc}"
+        except TimeBudgetTooShort as exc:  # a usage problem of the budget: its message
+            failure = f"min_speedup against {state.min_speedup.baseline!r}: {exc}"
         else:
             failure = None
         if failure is not None:  # outside the except: pytest would print the chained error
@@ -394,7 +398,7 @@ def _properties(state: TestState, report: MemoryReport | None) -> list[tuple[str
         s = state.speedup
         props += [("sdmem_speedup", round(s.ratio, 4)), ("sdmem_speedup_ci_low", s.ci_low),
                   ("sdmem_speedup_ci_high", s.ci_high), ("sdmem_speedup_pairs", s.pairs),
-                  ("sdmem_speedup_verdict", s.verdict),
+                  ("sdmem_speedup_verdict", s.verdict), ("sdmem_speedup_method", s.method),
                   ("sdmem_speedup_median_test_s", s.median_test),
                   ("sdmem_speedup_median_base_s", s.median_base)]
     return props

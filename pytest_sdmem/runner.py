@@ -268,7 +268,8 @@ class SdPipe:
     def speedup_over(self, baseline: str, *, factor: float, max_time: float = 30.0,
                      **overrides: Any) -> SpeedupResult:
         """Whether this technique is ``factor`` times faster than ``baseline`` (paired rounds,
-        see ``timing.measure_speedup``), on the same generation."""
+        see ``timing.measure_speedup``), on the same generation. ``timing.TimeBudgetTooShort``
+        when ``max_time`` cannot hold the pairs of a first verdict (named in its message)."""
         with self.fresh(baseline, **overrides) as base:
             return measure_speedup(lambda: self(**overrides), lambda: base(**overrides),
                                    factor=factor, sync=self._sync,

@@ -7,8 +7,11 @@ they pay one-off costs (compilation, cuDNN autotuning, lazy loading, allocator g
 nothing about the steady state the claims are about.
 
 Budgets (``max_time``) count the timed rounds only, from the first timed round on: warm-up cannot
-be cut short anyway, and it is reported by count. Minimum rounds or pairs are a floor that the
-budget does not cut, since fewer than that gives no figure worth reporting.
+be cut short anyway, and it is reported by count. For ``measure``, minimum rounds are a floor
+that the budget does not cut, since fewer than that gives no figure worth reporting. For
+``measure_speedup`` the budget is a bound: the warm-up pair shows up front whether it holds the
+pairs a verdict needs (if not, the measurement refuses to start, naming the budget that would),
+and no pair starts that would overrun it.
 """
 
 from __future__ import annotations
@@ -22,29 +25,22 @@ from time import perf_counter
 from typing import Any, Literal
 
 from pytest_sdmem.stats import (
+    DEFAULT_PLAN,
+    SequentialPlan,
     SpeedupResult,
     StopReason,
     check_confidence,
-    format_percent,
     iqr,
     median,
     median_ci,
     median_ci_ranks,
-    min_sample_size,
-    sequential_confidence,
-    speedup_verdict,
 )
+from pytest_sdmem.units import format_duration
 
 Sync = Callable[[], None]
 
 # A reading of 0 means "under one tick"; count it as one tick so ratios stay finite.
 CLOCK_TICK = time.get_clock_info("perf_counter").resolution
-
-#: The most pairs of a speed-up measurement. Every possible look widens the interval of all of
-#: them (``stats.sequential_confidence`` at 95%: 97.76% per look for up to 20 pairs, 98.39% for
-#: 30, 98.44% for 40, where a first verdict needs 8 pairs instead of 7); a claim still unsettled
-#: after 30 pairs sits too close to the true ratio for a CI gate to decide.
-MAX_PAIRS = 30
 
 
 def no_sync() -> None:
@@ -72,11 +68,10 @@ def _timed_call(fn: Callable[[], Any], sync: Sync) -> float:
     return max(perf_counter() - start, CLOCK_TICK)
 
 
-def _warm_up(fns: tuple[Callable[[], Any], ...], sync: Sync, warmup: int) -> None:
+def _warm_up(fn: Callable[[], Any], sync: Sync, warmup: int) -> None:
     for _ in range(warmup):
-        for fn in fns:
-            fn()
-            sync()
+        fn()
+        sync()
 
 
 def _budget_left(start: float, done: int, max_time: float) -> bool:
@@ -191,7 +186,7 @@ def measure(
     max_time = _check_positive("max_time", max_time)
     rel_precision = _check_positive("rel_precision", rel_precision)
     check_confidence(confidence)
-    _warm_up((fn,), sync, warmup)
+    _warm_up(fn, sync, warmup)
     times: list[float] = []
     start = perf_counter()
     while True:
@@ -211,6 +206,35 @@ def measure(
         )
 
 
+class TimeBudgetTooShort(ValueError):
+    """The time budget cannot hold the pairs a speed-up verdict needs, as measured on the
+    warm-up pair: raised before any timed pair, naming the budget that would do."""
+
+    def __init__(self, pair_time: float, min_pairs: int, max_time: float) -> None:
+        self.pair_time, self.min_pairs, self.max_time = pair_time, min_pairs, max_time
+        #: whole seconds for min_pairs pairs, with 20% for the pairs' own scatter
+        self.suggested = math.ceil(1.2 * min_pairs * pair_time)
+        super().__init__(
+            f"a speed-up verdict needs at least {min_pairs} timed pairs, about "
+            f"{format_duration(min_pairs * pair_time)} at the warm-up pair's "
+            f"{format_duration(pair_time)}, but the time budget is {format_duration(max_time)}: "
+            f"no verdict could be reached. Set --sdmem-max-time {self.suggested} or more "
+            f"(max_time={self.suggested})")
+
+
+def _warm_pair_time(fn_test: Callable[[], Any], fn_base: Callable[[], Any], sync: Sync,
+                    warmup: int, needed: float) -> float:
+    """Run the warm-up pairs, timing each, and return the last one's wall time: what a timed
+    pair will cost. When that is more than ``needed`` and the last warm-up call was the first
+    (a cold call pays compilation, autotuning, lazy loading), one more warm pair decides."""
+    pair_time = math.inf
+    for _ in range(warmup):
+        pair_time = _timed_call(fn_base, sync) + _timed_call(fn_test, sync)
+    if pair_time > needed and warmup == 1:
+        pair_time = _timed_call(fn_base, sync) + _timed_call(fn_test, sync)
+    return pair_time
+
+
 def measure_speedup(
     fn_test: Callable[[], Any],
     fn_base: Callable[[], Any],
@@ -218,9 +242,8 @@ def measure_speedup(
     factor: float,
     sync: Sync | None = None,
     warmup: int = 1,
-    confidence: float = 0.95,
+    plan: SequentialPlan = DEFAULT_PLAN,
     min_pairs: int | None = None,
-    max_pairs: int = MAX_PAIRS,
     max_time: float = 30.0,
 ) -> SpeedupResult:
     """Decide whether ``fn_test`` is at least ``factor`` times faster than ``fn_base``.
@@ -228,61 +251,57 @@ def measure_speedup(
     Pairs alternate their order (base, test, then test, base: A B B A ...) so that a drift of the
     machine, or one call warming a cache for the next, weighs on both sides alike; each pair
     gives one ratio ``t_base / t_test``, so a slow spell that hits a whole pair cancels out. After
-    each pair, from ``min_pairs`` on, the median ratio's order-statistic interval decides (see
-    ``stats.speedup_verdict``): the first "pass" or "fail" stops the run (stop_reason
-    "verdict"). The interval is at ``stats.sequential_confidence``, wider than a single one at
-    ``confidence``, so that looking after every pair up to ``max_pairs`` is wrong no more often
-    than one look at ``confidence`` would be. The run also stops, "inconclusive", after
-    ``max_pairs`` pairs (stop_reason "max_pairs") or when one more pair would not fit in
-    ``max_time`` seconds (stop_reason "max_time").
+    each pair, from ``min_pairs`` on, ``plan`` looks at the ratios (``SequentialPlan.look``: a
+    t-test on log-ratios up to pair 12, the distribution-free interval of the median from pair
+    10, alone when the ratios are heavy-tailed): the first
+    "pass" or "fail" stops the run (stop_reason "verdict"). Otherwise the run stops,
+    "inconclusive", after the plan's last look (stop_reason "max_pairs") or before a pair that
+    would not fit in ``max_time`` (stop_reason "max_time").
 
-    ``min_pairs`` defaults to the fewest pairs that have an interval at ``confidence`` (6 at
-    95%; an interval at the looks' higher level needs one or two more); a smaller value is a
-    ValueError, as no verdict could be reached with it. ``warmup`` calls of each callable come
-    first, untimed. Exceptions from the callables propagate.
+    ``max_time`` is a bound on the timed pairs: a pair starts only if the time so far plus the
+    slowest pair yet (the warm-up pair's, before the first) fits in it. It must hold the
+    ``min_pairs`` pairs (default: the plan's first look) a verdict needs: ``warmup`` untimed
+    pairs come first (at least one), and if ``min_pairs`` pairs at the last warm-up pair's time
+    do not fit, :class:`TimeBudgetTooShort` is raised before any timed pair, naming the budget
+    that would. A smaller ``min_pairs`` than the plan's first look, or a larger one than its
+    last, is a ValueError. Exceptions from the callables propagate.
     """
     sync = sync or no_sync
     factor = _check_positive("factor", factor)
     max_time = _check_positive("max_time", max_time)
-    _check_int("warmup", warmup, 0)
-    check_confidence(confidence)
-    needed = min_sample_size(confidence)
-    why = f" (the fewest pairs with a {format_percent(confidence)} interval of the median)"
-    min_pairs = needed if min_pairs is None else _check_int("min_pairs", min_pairs, needed, why)
-    max_pairs = _check_int("max_pairs", max_pairs, min_pairs, " (at least min_pairs)")
-    level = sequential_confidence(confidence, min_pairs, max_pairs)
-    _warm_up((fn_base, fn_test), sync, warmup)
+    _check_int("warmup", warmup, 1, " (the warm-up pair sizes the time budget)")
+    if min_pairs is None:
+        min_pairs = plan.first_look
+    _check_int("min_pairs", min_pairs, plan.first_look, " (the plan's first look)")
+    if min_pairs > plan.max_pairs:
+        raise ValueError(f"min_pairs must be at most the plan's {plan.max_pairs} pairs, "
+                         f"got {min_pairs}")
+    slowest = _warm_pair_time(fn_test, fn_base, sync, warmup, max_time / min_pairs)
+    if min_pairs * slowest > max_time:
+        raise TimeBudgetTooShort(slowest, min_pairs, max_time)
     times_test: list[float] = []
     times_base: list[float] = []
-    ratios: list[float] = []
     start = perf_counter()
-    while True:
-        if len(ratios) % 2 == 0:
-            t_base = _timed_call(fn_base, sync)
-            t_test = _timed_call(fn_test, sync)
-        else:
-            t_test = _timed_call(fn_test, sync)
-            t_base = _timed_call(fn_base, sync)
-        times_test.append(t_test)
-        times_base.append(t_base)
-        ratios.append(t_base / t_test)
-        if len(ratios) < min_pairs:
-            continue
-        reason: StopReason
-        if speedup_verdict(ratios, factor, level) != "inconclusive":
-            reason = "verdict"
-        elif len(ratios) >= max_pairs:
-            reason = "max_pairs"
-        elif not _budget_left(start, len(ratios), max_time):
+    reason: StopReason = "max_pairs"
+    while len(times_test) < plan.max_pairs:
+        if perf_counter() - start + slowest > max_time:
             reason = "max_time"
+            break
+        pair_start = perf_counter()
+        if len(times_test) % 2 == 0:
+            times_base.append(_timed_call(fn_base, sync))
+            times_test.append(_timed_call(fn_test, sync))
         else:
+            times_test.append(_timed_call(fn_test, sync))
+            times_base.append(_timed_call(fn_base, sync))
+        if len(times_test) == 1:
+            slowest = 0.0  # from here on, the timed pairs say what a pair costs
+        slowest = max(slowest, perf_counter() - pair_start)
+        if len(times_test) < min_pairs:
             continue
-        return SpeedupResult.from_pairs(
-            times_test,
-            times_base,
-            factor=factor,
-            confidence=confidence,
-            stop_reason=reason,
-            elapsed=perf_counter() - start,
-            interval_confidence=level,
-        )
+        ratios = [b / t for t, b in zip(times_test, times_base, strict=True)]
+        if plan.look(ratios, factor).verdict != "inconclusive":
+            reason = "verdict"
+            break
+    return SpeedupResult.from_pairs(times_test, times_base, factor=factor, plan=plan,
+                                    stop_reason=reason, elapsed=perf_counter() - start)

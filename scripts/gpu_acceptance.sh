@@ -58,8 +58,13 @@ if "$python" -c "import pynvml" 2>/dev/null; then
   exclusive=(--sdmem-exclusive)
 fi
 
+# --sdmem-max-time 60: a speed-up verdict needs 3-4 timed pairs (pytest_sdmem.stats.
+# SequentialPlan); the slowest pair of the tier (SD 1.5 in fp32, 25 steps, or fp16 with model
+# offload at 50 steps, with its baseline) takes a few seconds on an H100, so 60 s holds the
+# first looks many times over and a heavy-tailed run's distribution-free interval (10+ pairs).
+# A budget too short for even the first look fails that test up front, naming the time needed.
 status=0
-"$python" -m pytest "${plugin[@]}" --gpu "${exclusive[@]}" tests/techniques \
+"$python" -m pytest "${plugin[@]}" --gpu "${exclusive[@]}" tests/techniques --sdmem-max-time 60 \
   --sdmem-json "$outdir/results.json" --junitxml "$outdir/junit.xml" \
   -rA --durations=0 "$@" 2>&1 | tee "$outdir/pytest.log" || status=$?
 # With pipefail the status above is pytest's, unless tee itself failed.

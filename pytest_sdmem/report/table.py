@@ -49,7 +49,7 @@ def _speedup_cell(record: TestRecord) -> str:
     s = record.speedup
     if s.get("ci_low") is None or s.get("ci_high") is None:
         pairs = f": {s['pairs']} pairs" if s.get("pairs") else ""
-        return f"{s['ratio']:.2f}x [no CI{pairs}]"
+        return f"{s['ratio']:.2f}x [no interval{pairs}]"
     return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
 
 

@@ -66,8 +66,10 @@ def test_model_offload_saves_vram_at_almost_no_latency(sd_pipe: SdPipe) -> None:
     issue 2266: sequential offload was over 3x slower, which is why model offload exists.
 
     Timed on the guide's 50 steps: the models' trips to the GPU and back are per call, so
-    fewer steps would overstate their weight. At most 1.2x slower than the pipeline fully on
-    the GPU (budget ``model_offload_vs_gpu``).
+    fewer steps would overstate their weight. The guide's "almost no latency" (the suite once
+    allowed 1.2x) is what was claimed; the bound checked, budget ``model_offload_vs_gpu``, is
+    derived in budgets.toml from the 5.48 GB copied per generation over PCIe from pageable
+    memory (~8 GB/s) against the fastest generation of the tier: at most 1.59x slower.
     """
     images = sd_pipe(num_inference_steps=50)
     assert np.isfinite(images).all()

@@ -199,9 +199,10 @@ def with_record(**fields: object) -> bytes:
          "results[0].memory.peak_allocated_bytes is not a number"),
         (with_record(speedup={"ratio": 2.0, "ci_low": 1.5, "ci_high": None}),
          "results[0].speedup has one of ci_low and ci_high"),
+        (with_record(speedup={"ci_low": 1.9}), "results[0].speedup.ratio is not a number"),
     ],
     ids=["corrupt", "truncated", "empty", "foreign-schema", "package-json", "junit-xml", "binary",
-         "memory-not-object", "figure-not-number", "speedup-incomplete"],
+         "memory-not-object", "figure-not-number", "speedup-one-bound", "speedup-no-ratio"],
 )
 def test_unusable_baseline_is_a_usage_error_and_left_untouched(
     tmp_path: Path, content: bytes, problem: str

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from pytest_sdmem import timing
-from pytest_sdmem.stats import speedup_verdict
 from pytest_sdmem.timing import (
     CLOCK_TICK,
+    TimeBudgetTooShort,
     measure,
     measure_speedup,
     no_sync,
@@ -170,79 +170,93 @@ def test_pairs_alternate_their_order_after_warmup(clock: FakeClock) -> None:
         clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, warmup=1
     )
     assert clock.log[:2] == ["base", "test"]  # warm-up
-    assert clock.log[2:] == ["base", "test", "test", "base"] * 3 + ["base", "test"]
-    # 7 pairs: the fewest with an interval at the level of each look (sequential_confidence).
-    assert (result.verdict, result.stop_reason, result.pairs) == ("pass", "verdict", 7)
-    assert (result.confidence, result.interval_confidence) == (0.95, 0.9839)
+    assert clock.log[2:] == ["base", "test", "test", "base", "base", "test"]
+    # 3 pairs: the plan's first look; identical ratios leave no doubt.
+    assert (result.verdict, result.stop_reason, result.pairs) == ("pass", "verdict", 3)
+    assert (result.method, result.error_rate, result.interval_confidence) == ("t", 0.025, 0.997)
     assert (result.ratio, result.ci_low, result.ci_high) == (2.0, 2.0, 2.0)
-    assert (result.median_test, result.median_base, result.elapsed) == (1.0, 2.0, 21.0)
+    assert (result.median_test, result.median_base, result.elapsed) == (1.0, 2.0, 9.0)
 
 
-def test_a_clear_shortfall_fails_at_the_first_interval(clock: FakeClock) -> None:
+def test_a_clear_shortfall_fails_at_the_first_look(clock: FakeClock) -> None:
     result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [2.0]), factor=3.0)
-    assert (result.verdict, result.stop_reason, result.pairs) == ("fail", "verdict", 7)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("fail", "verdict", 3)
 
 
 def test_an_undecidable_claim_is_inconclusive_within_max_time(clock: FakeClock) -> None:
-    """Ratios alternate 1.8 and 2.2: the interval of their median always contains 2.0."""
+    """Ratios alternate 1.8 and 2.2: the interval of their mean always contains 2.0."""
     result = measure_speedup(
-        clock.task("test", [1.0]), clock.task("base", [1.8, 2.2]), factor=2.0, max_time=30.0
+        clock.task("test", [1.0]), clock.task("base", [1.8, 2.2]), factor=2.0, max_time=20.0
     )
     assert (result.verdict, result.stop_reason) == ("inconclusive", "max_time")
-    assert result.elapsed <= 30.0
-    assert result.pairs == 9  # 27.2 s done; one more pair at the average 3.02 s would overrun
+    assert result.elapsed <= 20.0
+    assert result.pairs == 6  # 18.0 s done; the slowest pair so far, 3.2 s, would overrun
     assert "inconclusive for min_speedup 2.00x" in result.reason("none")
 
 
-def test_an_unsettled_claim_stops_at_max_pairs(clock: FakeClock) -> None:
+def test_an_unsettled_claim_stops_after_the_plans_last_look(clock: FakeClock) -> None:
     result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [1.8, 2.2]),
-                             factor=2.0, max_pairs=12, max_time=1000.0)
-    assert (result.verdict, result.stop_reason, result.pairs) == ("inconclusive", "max_pairs", 12)
-    # The looks' level is the one for 6 to 12 pairs, not for the default 30.
-    assert 0.95 < result.interval_confidence < timing.sequential_confidence(0.95, 6, 30)
+                             factor=2.0, max_time=1000.0)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("inconclusive", "max_pairs", 30)
 
 
-@pytest.mark.parametrize(("min_pairs", "pairs"), [(None, 6), (10, 10)])
-def test_min_pairs_is_a_floor_the_budget_does_not_cut(
-    clock: FakeClock, min_pairs: int | None, pairs: int
-) -> None:
-    result = measure_speedup(
-        clock.task("test", [1.0]),
-        clock.task("base", [1.8, 2.2]),
-        factor=2.0,
-        min_pairs=min_pairs,
-        max_time=0.001,
-    )
-    assert (result.verdict, result.pairs) == ("inconclusive", pairs)
+def test_min_pairs_defers_the_first_look(clock: FakeClock) -> None:
+    result = measure_speedup(clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5,
+                             min_pairs=6)
+    assert (result.verdict, result.pairs) == ("pass", 6)
 
 
-def test_higher_confidence_needs_more_pairs(clock: FakeClock) -> None:
-    result = measure_speedup(
-        clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5, confidence=0.99
-    )
-    assert (result.verdict, result.pairs, result.interval_confidence) == ("pass", 10, 0.9961)
+def test_a_budget_too_short_for_a_verdict_fails_before_timing_anything(clock: FakeClock) -> None:
+    """Pairs of 3 s, 3 pairs for the first look: 9 s needed, 8 s given. The warm-up pair was
+    the first call, perhaps cold: a second warm pair confirms before the refusal."""
+    with pytest.raises(TimeBudgetTooShort) as info:
+        measure_speedup(clock.task("test", [1.0]), clock.task("base", [2.0]), factor=1.5,
+                        max_time=8.0)
+    assert clock.log == ["base", "test"] * 2  # the warm-up pair and its confirmation only
+    assert str(info.value) == (
+        "a speed-up verdict needs at least 3 timed pairs, about 9.00 s at the warm-up pair's "
+        "3.00 s, but the time budget is 8.00 s: no verdict could be reached. Set "
+        "--sdmem-max-time 11 or more (max_time=11)")
+    assert (info.value.pair_time, info.value.min_pairs, info.value.suggested) == (3.0, 3, 11)
 
 
-def test_looking_after_every_pair_keeps_wrong_passes_within_the_confidence(
-    clock: FakeClock,
-) -> None:
-    """A claim exactly at the true median ratio must pass at most 2.5% of the time (the upper
-    tail of a 95% measurement), however many pairs the run looks at: 4000 simulated runs of up
-    to 30 pairs, the ratios log-normal around the claim. Judged with a 95% interval after every
-    pair instead, the same ratios pass about three times as often: the test can tell."""
-    rng = np.random.default_rng(20261125)
-    runs, claim = 4000, 2.0
-    ratios = claim * np.exp(rng.normal(0.0, 0.1, size=(runs, timing.MAX_PAIRS)))
-    passes = naive = 0
-    for row in ratios:
-        clock.now = 0.0
-        result = measure_speedup(clock.task("test", [1.0]), clock.task("base", list(row)),
-                                 factor=claim, warmup=0, max_time=1000.0)
-        passes += result.verdict == "pass"
-        verdicts = (speedup_verdict(list(row[:n]), claim, 0.95) for n in range(6, len(row) + 1))
-        naive += next((v for v in verdicts if v != "inconclusive"), None) == "pass"
-    assert passes / runs <= 0.025 + 3 * (0.025 * 0.975 / runs) ** 0.5
-    assert naive / runs > 0.05
+def test_a_cold_first_call_does_not_count_against_the_budget(clock: FakeClock) -> None:
+    """Compilation in the first call (100 s): the second warm pair shows what a pair costs."""
+    result = measure_speedup(clock.task("test", [100.0] + [1.0] * 50), clock.task("base", [2.0]),
+                             factor=1.5, max_time=10.0)
+    assert clock.log[:4] == ["base", "test"] * 2
+    assert (result.verdict, result.pairs) == ("pass", 3)
+
+
+def test_the_budget_is_a_bound_when_pairs_get_slower(clock: FakeClock) -> None:
+    """A neighbour starts work after the first timed pair: pairs take 3 s, then 9 s. After
+    12 s no pair starts (the slowest so far would overrun), though the 3 pairs a verdict needs
+    are then out of reach: the budget wins, the run is inconclusive without an interval."""
+    result = measure_speedup(clock.task("test", [1.0, 1.0, 3.0]),
+                             clock.task("base", [2.0, 2.0, 6.0]), factor=1.5, max_time=12.0)
+    assert (result.verdict, result.stop_reason, result.pairs) == ("inconclusive", "max_time", 2)
+    assert result.elapsed == 12.0
+    assert (result.ci_low, result.method) == (None, "none")
+
+
+def test_a_slow_callable_is_refused_up_front_on_the_real_clock() -> None:
+    """Real time, a callable made slow on purpose (a 50 ms sleep): 3 pairs need 0.3 s."""
+    calls: list[str] = []
+
+    def slow(name: str) -> Callable[[], None]:
+        def run() -> None:
+            calls.append(name)
+            time.sleep(0.05)
+        return run
+
+    start = time.perf_counter()
+    with pytest.raises(TimeBudgetTooShort, match=r"Set --sdmem-max-time 1 or more"):
+        measure_speedup(slow("test"), slow("base"), factor=1.0, max_time=0.2)
+    assert calls == ["base", "test"] * 2
+    assert time.perf_counter() - start < 0.5
+    result = measure_speedup(slow("test"), slow("base"), factor=0.5, max_time=1.0)
+    assert result.verdict == "pass"
+    assert result.elapsed <= 1.0
 
 
 def test_speedup_sync_counts_queued_device_work(clock: FakeClock) -> None:
@@ -252,7 +266,7 @@ def test_speedup_sync_counts_queued_device_work(clock: FakeClock) -> None:
         factor=2.5,
         sync=clock.sync,
     )
-    assert (result.verdict, result.ratio) == ("pass", 3.0)
+    assert (result.verdict, result.ratio) == ("pass", pytest.approx(3.0))
 
 
 def test_zero_durations_give_a_ratio_of_one(clock: FakeClock) -> None:
@@ -270,10 +284,10 @@ def test_zero_durations_give_a_ratio_of_one(clock: FakeClock) -> None:
         {"factor": float("inf")},
         {"factor": True},
         {"factor": "2"},
-        {"factor": 2.0, "min_pairs": 5},
-        {"factor": 2.0, "min_pairs": 10, "max_pairs": 9},
+        {"factor": 2.0, "min_pairs": 2},
+        {"factor": 2.0, "min_pairs": 31},
+        {"factor": 2.0, "warmup": 0},
         {"factor": 2.0, "max_time": -1},
-        {"factor": 2.0, "confidence": 0},
     ],
 )
 def test_speedup_rejects_bad_arguments_before_calling(clock: FakeClock, kwargs: dict) -> None:
@@ -335,14 +349,21 @@ def _lines(results: list) -> str:
     return "\n".join(r.reason("base") for r in results)
 
 
-def test_twice_as_fast_passes_min_speedup_1_5_every_time() -> None:
-    results = _verdicts(_work(1), _work(2), 1.5)
-    assert [r.verdict for r in results] == ["pass"] * _REPEATS, _lines(results)
+def _right_and_never_wrong(results: list, right: str) -> None:
+    """Never the wrong verdict; the right one in at least 3 runs of 4. The rest may be
+    inconclusive: a neighbour's burst in rounds of a millisecond makes the ratios heavy-tailed,
+    and the plan then waits for the distribution-free interval, which it may not reach."""
+    verdicts = [r.verdict for r in results]
+    assert all(v in (right, "inconclusive") for v in verdicts), _lines(results)
+    assert verdicts.count(right) >= 0.75 * len(verdicts), _lines(results)
 
 
-def test_twice_as_fast_fails_min_speedup_3_every_time() -> None:
-    results = _verdicts(_work(1), _work(2), 3.0)
-    assert [r.verdict for r in results] == ["fail"] * _REPEATS, _lines(results)
+def test_twice_as_fast_passes_min_speedup_1_5() -> None:
+    _right_and_never_wrong(_verdicts(_work(1), _work(2), 1.5), "pass")
+
+
+def test_twice_as_fast_fails_min_speedup_3() -> None:
+    _right_and_never_wrong(_verdicts(_work(1), _work(2), 3.0), "fail")
 
 
 def test_itself_fails_min_speedup_1_3_within_the_budget() -> None:
