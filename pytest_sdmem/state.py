@@ -66,7 +66,9 @@ STATE = pytest.StashKey[TestState]()
 def marked_technique(item: pytest.Item) -> str | None:
     """The canonical technique of the item's ``sd_technique`` markers (all must agree), or
     None without one."""
-    from pytest_sdmem.techniques import parse_technique  # imports torch: only for sd_pipe tests
+    if item.get_closest_marker("sd_technique") is None:
+        return None
+    from pytest_sdmem.techniques import parse_technique  # imports torch: only when marked
 
     return one_value(item, "sd_technique",
                      lambda args, kwargs: parse_technique(parse_sd_technique(args, kwargs)).expr)

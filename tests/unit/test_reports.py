@@ -178,7 +178,7 @@ def test_a_speedup_without_an_interval_is_reported_and_compared(
     file, and every report and the comparison take it as the inconclusive result it is."""
     from pytest_sdmem.stats import SpeedupResult
 
-    speedup = SpeedupResult.from_pairs([0.1, 0.1], [0.125, 0.125], factor=1.5, confidence=0.95,
+    speedup = SpeedupResult.from_pairs([0.1, 0.1], [0.125, 0.125], factor=1.5,
                                        stop_reason="max_time", elapsed=0.5)
     assert (speedup.ci_low, speedup.verdict) == (None, "inconclusive")
     record = TestRecord(nodeid="t.py::test_fast", outcome="failed", device="cpu",
