@@ -43,8 +43,14 @@ from pytest_sdmem.techniques import (
 )
 
 SIZE = TINY_TILE_THRESHOLD  # the tiny VAE's natural size: the largest not tiled
+#: For claims that hold at any size (how weights are stored, a batch decoded one image at a
+#: time): every layer of the tiny pipeline runs, on a quarter of the pixels.
+SMALL = SIZE // 2
 STEPS = 2
 CPU_TECHNIQUES = [t.name for t in REGISTRY.values() if not t.requires_cuda]
+#: Checked against ``none`` by their own tests below, on the pipeline those tests load anyway:
+#: tracing or compiling the UNet costs seconds, twice as many in two tests.
+OWN_TEST = ("jit_trace", "compile")
 CUDA_ONLY = [t.name for t in REGISTRY.values() if t.requires_cuda]
 
 
@@ -339,13 +345,11 @@ def eager_compile(monkeypatch: pytest.MonkeyPatch) -> None:
                         functools.partialmethod(torch.nn.Module.compile, backend="eager"))
 
 
-@pytest.mark.parametrize("name", CPU_TECHNIQUES)
-def test_technique_runs_on_the_cpu_and_matches_none(
-    name: str, tiny_dir: Path, baseline: np.ndarray, eager_compile: None
-) -> None:
+def _assert_matches_none(name: str, images: np.ndarray, baseline: np.ndarray) -> None:
+    """``images`` of technique ``name``, generated with ``_generate``, are finite images within
+    the technique's tolerance of the ``none`` baseline."""
     ts = parse_technique(name)
     assert unmet_requirements(ts, "cpu") == []
-    images = _generate(_load(tiny_dir, name))
     assert images.shape == (1, SIZE, SIZE, 3)
     assert np.isfinite(images).all()
     assert images.min() >= 0 and images.max() <= 1
@@ -364,6 +368,18 @@ def test_a_cast_logs_no_empty_float32_notice(
         cast_pipeline(pipe, torch.float16)
     assert pipe.unet.dtype == pipe.vae.dtype == torch.float16
     assert not [r for r in caplog.records if "kept in float32" in r.getMessage()]
+
+
+def test_the_techniques_left_to_their_own_tests_are_cpu_techniques() -> None:
+    """A renamed technique cannot drop out of the check against ``none`` unnoticed."""
+    assert set(OWN_TEST) <= set(CPU_TECHNIQUES)
+
+
+@pytest.mark.parametrize("name", [n for n in CPU_TECHNIQUES if n not in OWN_TEST])
+def test_technique_runs_on_the_cpu_and_matches_none(
+    name: str, tiny_dir: Path, baseline: np.ndarray
+) -> None:
+    _assert_matches_none(name, _generate(_load(tiny_dir, name)), baseline)
 
 
 def test_classic_and_sdpa_processors(tiny_dir: Path) -> None:
@@ -389,10 +405,12 @@ def test_channels_last_strides_as_the_guide_prints(tiny_dir: Path) -> None:
 
 
 def test_vae_slicing_images_equal_unsliced(tiny_dir: Path) -> None:
-    pipe = _load(tiny_dir, "vae_slicing")
+    """At ``SMALL``: slicing splits the batch, not the image, so the size does not matter."""
+    pipe = _load(tiny_dir, "vae_slicing", size=SMALL, batch_size=2)
     assert pipe.vae.use_slicing
-    sliced = _generate(pipe, batch_size=2)
-    unsliced = _generate(_load(tiny_dir, "none"), batch_size=2)
+    sliced = _generate(pipe, size=SMALL, batch_size=2)
+    unsliced = _generate(_load(tiny_dir, "none", size=SMALL, batch_size=2), size=SMALL,
+                         batch_size=2)
     np.testing.assert_allclose(sliced, unsliced, atol=1e-5, rtol=0)
 
 
@@ -406,16 +424,20 @@ def test_vae_tiling_engages_above_the_threshold_and_stays_close(tiny_dir: Path) 
 
 
 def test_layerwise_casting_stores_fp8_and_computes_in_the_pipeline_dtype(tiny_dir: Path) -> None:
-    pipe = _load(tiny_dir, "fp16+layerwise_casting")
+    """At ``SMALL``: the stored dtypes do not depend on the size, and the generation runs every
+    layer in fp16 on the fp8 weights (half precision on the CPU is slow: seconds per step)."""
+    pipe = _load(tiny_dir, "fp16+layerwise_casting", size=SMALL)
     for model in (pipe.unet, pipe.vae):
         dtypes = {p.dtype for p in model.parameters()}
         assert torch.float8_e4m3fn in dtypes
         assert dtypes <= {torch.float8_e4m3fn, torch.float16}  # norms are skipped
     assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.float16}
-    assert np.isfinite(_generate(pipe)).all()
+    assert np.isfinite(_generate(pipe, size=SMALL)).all()
 
 
-def test_jit_trace_keeps_what_the_pipeline_reads_and_refuses_other_shapes(tiny_dir: Path) -> None:
+def test_jit_trace_keeps_what_the_pipeline_reads_and_refuses_other_shapes(
+    tiny_dir: Path, baseline: np.ndarray
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the deprecation and tracer warnings are handled
         pipe = _load(tiny_dir, "jit_trace")
@@ -423,14 +445,16 @@ def test_jit_trace_keeps_what_the_pipeline_reads_and_refuses_other_shapes(tiny_d
     assert pipe.unet.config.in_channels == 4
     assert (pipe.unet.dtype, pipe.unet.device) == (torch.float32, torch.device("cpu"))
     assert pipe.unet.sample_shape == (2, 4, SIZE // 2, SIZE // 2)  # batch doubled by guidance
+    _assert_matches_none("jit_trace", _generate(pipe), baseline)
     with pytest.raises(ValueError, match="jit_trace traced the UNet for latents"):
         _generate(pipe, size=SIZE // 2)
 
 
 def test_compile_compiles_at_apply_not_in_the_first_generation(
-    tiny_dir: Path, eager_compile: None
+    tiny_dir: Path, baseline: np.ndarray, eager_compile: None
 ) -> None:
     pipe = _load(tiny_dir, "compile")
     graphs = counters["stats"]["unique_graphs"]
-    _generate(pipe)
+    images = _generate(pipe)
     assert counters["stats"]["unique_graphs"] == graphs
+    _assert_matches_none("compile", images, baseline)
