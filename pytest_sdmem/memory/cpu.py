@@ -15,9 +15,7 @@ counted from the tensors themselves, exact to the byte:
   cannot be entered, so activating while one is alive is an error naming it rather than a
   figure that silently misses its tensors;
 * a storage made without a dispatched op (``torch.frombuffer``, ``torch.UntypedStorage(n)``)
-  counts from the first op that touches it, or from the scan at the end of a block
-  (``CpuBackend.peak_allocated``) if it is alive then; one that no op touches and that is
-  freed before the block ends is not counted;
+  counts from the first op that touches it; one that no op touches is not counted;
 * every counted storage holds a ``weakref`` whose callback subtracts its bytes. torch keeps a
   storage's Python object alive for as long as the ``StorageImpl`` lives, so the callback
   fires exactly when the memory is released, not when user code drops its last Python name.
@@ -597,10 +595,11 @@ class CpuBackend:
         return self.allocated()
 
     def peak_allocated(self) -> int:
-        """The peak since the last reset; first, a scan adds storages made without a dispatched
-        op that are alive now (a block's end reads it: they count at least from there)."""
+        """The peak since the last reset. No scan of live objects here: it would also count
+        buffers no tensor op ever used (safetensors' file buffer of an fp32 load, alive while
+        diffusers finishes loading, doubled that load's figure), which are not tensor memory
+        the measured code computes with."""
         if self.counter.active:
-            self.counter.rescan()
             return self.counter.peak
         return self.counter.snapshot_bytes()
 
