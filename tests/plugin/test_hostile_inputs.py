@@ -3,8 +3,9 @@ and the input (the test, the option, the file) named in the one line that report
 
 pytest: a bad option or file is a usage error at configure (exit 4); a bad marker fails its own
 test (exit 1) and the others run. ``sdmem``: bad input is exit 2, never 1 (which means
-"regressed"). Every case fails before any pipeline is built, so the runs are in-process and
-cheap: one pytester run checks every hostile marker; each option or file is one short run.
+"regressed"). A corrupted synthetic-model cache entry is rebuilt with a warning naming what
+changed. The runs are in-process and cheap: one pytester run checks every hostile marker; each
+option, file or cache corruption is one short run (the tiny model rebuilds in under a second).
 """
 
 from __future__ import annotations
@@ -372,3 +373,53 @@ def test_a_slice_larger_than_the_models_heads_fails_its_test_in_setup(
         "invalid argument 99999999999999999999 of attention_slicing for this "
         "model: its attention layers have * heads, so a slice holds 1 to * of them; expected*",
     ])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _same_size_edit(path: Path) -> None:
+    text = path.read_text()
+    assert '"beta_end": 0.012' in text
+    path.write_text(text.replace('"beta_end": 0.012', '"beta_end": 0.019'))
+
+
+def _garble(path: Path) -> None:
+    path.write_bytes(b"\xff{not json" + b"\x00" * 64)
+
+
+# name -> (file in the tiny entry, what is done to it, what the warning must say)
+HOSTILE_CACHE: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "weights_truncated": ("unet/diffusion_pytorch_model.safetensors", _truncate,
+                          "diffusion_pytorch_model.safetensors"),
+    "config_same_size_edit": ("scheduler/scheduler_config.json", _same_size_edit,
+                              "scheduler_config.json"),
+    "config_not_json": ("vae/config.json", _garble, "config.json"),
+    "entry_marker_garbled": ("sdmem-entry.json", _garble, "its marker cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CACHE))
+def test_a_corrupted_cache_entry_is_rebuilt_naming_the_file(
+    pytester: pytest.Pytester, model_cache: Path, tmp_path: Path, case: str
+) -> None:
+    """A cache entry changed after it was built (by hand, a disk error, a killed copy) is never
+    loaded as the model: the test's pipeline is rebuilt, a warning names what changed, and the
+    test runs as on a clean cache."""
+    import shutil
+
+    from pytest_sdmem.pipelines.cache import ensure_cached
+
+    name, corrupt, named = HOSTILE_CACHE[case]
+    entry = ensure_cached("tiny", model_cache)
+    copy = Path(shutil.copytree(entry, tmp_path / "cache" / entry.name))
+    corrupt(copy / name)
+    pytester.makepyfile("def test_generates(sd_pipe):\n    assert sd_pipe(num_inference_steps=1,"
+                        " height=32, width=32).shape[0] == 1\n")
+    result = pytester.runpytest(f"--sdmem-cache-dir={tmp_path / 'cache'}", "-rA",
+                                "-W", "always::pytest_sdmem.pipelines.cache.CacheWarning")
+    output = result.stdout.str() + result.stderr.str()
+    assert_clean(output)
+    result.assert_outcomes(passed=1)
+    assert "CacheWarning" in output and named in output, output[-3000:]
