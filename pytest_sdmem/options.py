@@ -6,6 +6,7 @@ in ``[tool.pytest.ini_options]`` too: the command line wins, then the ini file, 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,19 @@ def resolve(config: Any, dest: str) -> Any:
     return ini
 
 
-def default_cache_dir(rootpath: Path) -> Path:
-    """Synthetic pipelines live under pytest's cache directory unless told otherwise."""
-    return rootpath / ".pytest_cache" / "sdmem" / "models"
+def default_cache_dir(config: Any) -> Path:
+    """Where synthetic pipelines are saved unless ``--sdmem-cache-dir`` says otherwise.
+
+    ``sdmem/models`` inside pytest's cache directory (its ``cache_dir`` ini key, resolved as
+    pytest resolves it: ``~`` and ``$VARS`` expanded, relative to the rootdir), so a project's
+    cache location and ``--cache-clear`` apply to the models too. Without pytest's cache plugin
+    (``-p no:cacheprovider``, often chosen so that nothing is written into the project) the
+    user's cache directory instead: ``$XDG_CACHE_HOME/pytest-sdmem/models``, or
+    ``~/.cache/pytest-sdmem/models`` when that variable is unset. Nothing is created here: the
+    directory is made when a model is first built.
+    """
+    if getattr(config, "cache", None) is not None:
+        cache_dir = Path(os.path.expandvars(os.path.expanduser(config.getini("cache_dir"))))
+        return config.rootpath / cache_dir / "sdmem" / "models"
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(user_cache) / "pytest-sdmem" / "models"

@@ -140,7 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raw["sdmem_estimate_for"] = None  # an ini default for estimate runs; the flag alone errs
     workers = _workers(config)
     try:
-        settings = build_settings(raw, default_cache_dir(config.rootpath), workers=workers)
+        settings = build_settings(raw, default_cache_dir(config), workers=workers)
         check_locations(*session_locations(settings, config.getoption("xmlpath", None)))
     except (SettingsError, OutputError) as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
