@@ -6,6 +6,7 @@ in ``[tool.pytest.ini_options]`` too: the command line wins, then the ini file, 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ class Option:
 
     flag: str
     help: str
-    kind: str = "string"  # "bool" | "string" | "int" | "float"
+    kind: str = "string"  # "bool" | "string" | "int" | "float" | "path"
     default: Any = None
     metavar: str | None = None
 
@@ -41,11 +42,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--gpu", "run on CUDA: run @pytest.mark.gpu tests, fail if no GPU is visible", "bool"),
     Option("--sdmem-device", "device to measure: cuda, cuda:N or cpu "
            "(default: cuda:0 with --gpu, else cpu)", metavar="DEVICE"),
-    Option("--sdmem-json", "write the session's results as JSON to PATH", metavar="PATH"),
+    Option("--sdmem-json", "write the session's results as JSON to PATH", "path",
+           metavar="PATH"),
     Option("--sdmem-model", "pipeline for sd_pipe: tiny, sd15, or a local path / hub id "
            "(default: tiny on the CPU, sd15 with --gpu)", metavar="MODEL"),
     Option("--sdmem-cache-dir", "where synthetic pipelines are saved "
-           "(default: inside pytest's cache directory)", metavar="DIR"),
+           "(default: inside pytest's cache directory)", "path", metavar="DIR"),
     Option("--sdmem-steps", "default inference steps of sd_pipe (default: 2 for tiny, 25 else)",
            "int", metavar="N"),
     Option("--sdmem-size", "default image height and width of sd_pipe "
@@ -56,13 +58,13 @@ OPTIONS: tuple[Option, ...] = (
            "reported as a leak", default="4MB", metavar="SIZE"),
     Option("--sdmem-strict-leaks", "fail tests that leave device memory behind", "bool"),
     Option("--sdmem-budgets", "TOML file of named budgets per GPU model, for "
-           "max_vram(budget=KEY) and min_speedup(budget=KEY) "
-           "(default: tests/techniques/budgets.toml under the rootdir, if present)",
+           "max_vram(budget=KEY) and min_speedup(budget=KEY) (default: none)", "path",
            metavar="PATH"),
-    Option("--sdmem-save", "write this run's results as a baseline to PATH (atomically)",
+    Option("--sdmem-save", "write this run's results as a baseline to PATH (atomically)", "path",
            metavar="PATH"),
     Option("--sdmem-compare", "compare each measured test against the baseline at PATH and "
-           "fail the tests that regressed beyond the tolerance", metavar="PATH"),
+           "fail the tests that regressed beyond the tolerance", "path",
+           metavar="PATH"),
     Option("--sdmem-tolerance", "per-metric tolerances of --sdmem-compare, e.g. "
            "'vram=5%,latency=10%,speedup=5%' or 'vram=200MB' (default: that example)",
            metavar="SPEC"),
@@ -72,7 +74,8 @@ OPTIONS: tuple[Option, ...] = (
            "on the device (without it, a warning names them), or when that cannot be checked",
            "bool"),
     Option("--sdmem-snapshot-dir", "record allocations during budgeted tests and, when a "
-           "max_vram budget fails, dump a memory snapshot into DIR", metavar="DIR"),
+           "max_vram budget fails, dump a memory snapshot into DIR", "path",
+           metavar="DIR"),
     Option("--sdmem-estimate", "estimate the CUDA peak of sd_pipe generations on the meta "
            "device, without a GPU (sd15 by default)", "bool"),
     Option("--sdmem-estimate-for", "with --sdmem-estimate: the GPU model the estimate stands "
@@ -104,7 +107,10 @@ def add_options(parser: Any) -> None:
 def resolve(config: Any, dest: str) -> Any:
     """The value of option ``dest``: command line, else ini, else the table's default.
 
-    Returns the raw string for typed options; ``Settings`` converts and validates them.
+    Returns the raw string for typed options; ``Settings`` converts and validates them. A
+    relative path from the ini file is made relative to that file's directory (as pytest does
+    for its own ``paths`` ini keys), so a project's config names the same file from any working
+    directory; on the command line it stays relative to the working directory.
     """
     opt = next(o for o in OPTIONS if o.dest == dest)
     value = config.getoption(dest)
@@ -113,9 +119,28 @@ def resolve(config: Any, dest: str) -> Any:
     ini = config.getini(opt.ini)
     if opt.kind == "bool":
         return bool(ini)
-    return ini if ini != "" else opt.default
+    if ini == "":
+        return opt.default
+    if opt.kind == "path":
+        base = (config.inipath.parent if config.inipath is not None
+                else config.invocation_params.dir)
+        return str(base / Path(ini).expanduser())
+    return ini
 
 
-def default_cache_dir(rootpath: Path) -> Path:
-    """Synthetic pipelines live under pytest's cache directory unless told otherwise."""
-    return rootpath / ".pytest_cache" / "sdmem" / "models"
+def default_cache_dir(config: Any) -> Path:
+    """Where synthetic pipelines are saved unless ``--sdmem-cache-dir`` says otherwise.
+
+    ``sdmem/models`` inside pytest's cache directory (its ``cache_dir`` ini key, resolved as
+    pytest resolves it: ``~`` and ``$VARS`` expanded, relative to the rootdir), so a project's
+    cache location and ``--cache-clear`` apply to the models too. Without pytest's cache plugin
+    (``-p no:cacheprovider``, often chosen so that nothing is written into the project) the
+    user's cache directory instead: ``$XDG_CACHE_HOME/pytest-sdmem/models``, or
+    ``~/.cache/pytest-sdmem/models`` when that variable is unset. Nothing is created here: the
+    directory is made when a model is first built.
+    """
+    if getattr(config, "cache", None) is not None:
+        cache_dir = Path(os.path.expandvars(os.path.expanduser(config.getini("cache_dir"))))
+        return config.rootpath / cache_dir / "sdmem" / "models"
+    user_cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(user_cache) / "pytest-sdmem" / "models"

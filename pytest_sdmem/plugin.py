@@ -62,7 +62,6 @@ if TYPE_CHECKING:
     from pytest_sdmem.results import RunResults, TestRecord
     from pytest_sdmem.verdicts import Verdict, VramVerdict
 
-DEFAULT_BUDGETS = "tests/techniques/budgets.toml"
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
 SESSION = pytest.StashKey["SessionHooks"]()
 
@@ -139,12 +138,9 @@ def pytest_configure(config: pytest.Config) -> None:
     raw = {opt.dest: resolve(config, opt.dest) for opt in OPTIONS}
     if not raw["sdmem_estimate"] and config.getoption("sdmem_estimate_for") is None:
         raw["sdmem_estimate_for"] = None  # an ini default for estimate runs; the flag alone errs
-    default_budgets = config.rootpath / DEFAULT_BUDGETS
-    if raw["sdmem_budgets"] is None and default_budgets.is_file():
-        raw["sdmem_budgets"] = str(default_budgets)
     workers = _workers(config)
     try:
-        settings = build_settings(raw, default_cache_dir(config.rootpath), workers=workers)
+        settings = build_settings(raw, default_cache_dir(config), workers=workers)
         check_locations(*session_locations(settings, config.getoption("xmlpath", None)))
     except (SettingsError, OutputError) as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None

@@ -89,7 +89,7 @@ def project_wheel(directory: Path) -> list[Requirement]:
     """Write into ``directory`` a wheel declaring pyproject.toml's dependencies; return those
     that apply on this interpreter."""
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    write_wheel(directory, project["name"], project["version"], project["dependencies"])
+    write_wheel(directory, project["name"], pytest_sdmem.__version__, project["dependencies"])
     requirements = [Requirement(line) for line in project["dependencies"]]
     return [r for r in requirements if r.marker is None or r.marker.evaluate()]
 
@@ -152,7 +152,7 @@ def test_installing_the_plugin_keeps_a_newer_torch(target: Target) -> None:
     assert proc.returncode == 0, f"pip cannot plan the install:\n{proc.stdout}{proc.stderr}"
     plan = json.loads(report.read_text(encoding="utf-8"))["install"]
     assert [(p["metadata"]["name"], p["metadata"]["version"]) for p in plan] == [
-        ("pytest-sdmem", "0.1.0")]
+        ("pytest-sdmem", pytest_sdmem.__version__)]
     check = check_plan(report)
     assert check.returncode == 0, check.stderr
     assert "install plan: 1 distributions, no torch and no CUDA wheel" in check.stdout
