@@ -132,7 +132,11 @@ class PartTimes:
 
 
 #: The parts of a generation that ``LatencyBreakdown`` times in every round, in report order.
-PARTS = ("per_step", "text_encoding", "vae_decode")
+ROUND_PARTS = ("per_step", "text_encoding", "vae_decode")
+#: Every figure of a breakdown, as named in a record's ``latency`` section (seconds), beside
+#: the steady rounds' ``median``. A file written before the breakdown has none of them, and a
+#: latency taken from min_speedup's rounds neither: readers treat them as optional.
+BREAKDOWN_FIGURES = ("load", "first_call", *ROUND_PARTS)
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ class LatencyBreakdown:
         """JSON-ready figures in seconds: ``load``, ``first_call`` and each part's median with
         its interval and round figures (see ``PartTimes.to_dict``); a part not timed is null."""
         data: dict[str, Any] = {"load": self.load, "first_call": self.first_call}
-        for name in PARTS:
+        for name in ROUND_PARTS:
             part: PartTimes | None = getattr(self, name)
             data.update(part.to_dict(name) if part else {name: None})
         return data
