@@ -407,11 +407,13 @@ def _properties(state: TestState, report: MemoryReport | None) -> list[tuple[str
 def _latency_properties(latency: dict[str, Any] | None) -> list[tuple[str, Any]]:
     """The latency's median with its interval and its breakdown, in seconds: the figures of
     the record's latency section that are present, as ``sdmem_latency_<name>_s``."""
+    if latency is None:
+        return []
     from pytest_sdmem.timing import BREAKDOWN_FIGURES  # no torch: timing imports it lazily
 
     names = ("median", "ci_low", "ci_high", *BREAKDOWN_FIGURES)
     return [(f"sdmem_latency_{name}_s", latency[name]) for name in names
-            if (latency or {}).get(name) is not None]
+            if latency.get(name) is not None]
 
 
 def _latency(state: TestState) -> dict[str, Any] | None:
