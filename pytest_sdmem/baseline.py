@@ -19,6 +19,7 @@ from typing import Any, Literal, NamedTuple
 from pytest_sdmem.report.markdown import escape_cell, markdown_table
 from pytest_sdmem.report.table import Row, render_text
 from pytest_sdmem.results import ResultsError, RunResults, TestRecord
+from pytest_sdmem.timing import BREAKDOWN_FIGURES
 from pytest_sdmem.tolerances import (
     DEFAULT_TOLERANCES,
     FORMATTERS,
@@ -93,6 +94,9 @@ FIGURES = (
     _Figure("peak_allocated", "vram", True, lambda r: _number(r.memory, "peak_allocated_bytes")),
     _Figure("peak_reserved", "vram", True, lambda r: _number(r.memory, "peak_reserved_bytes")),
     _Figure("latency", "latency", True, lambda r: _number(r.latency, "median")),
+    # The breakdown of sd_pipe.latency(): each part, like the whole, is worse when slower.
+    *(_Figure(name, "latency", True, lambda r, name=name: _number(r.latency, name))
+      for name in BREAKDOWN_FIGURES),
     # A lower speed-up is the regression: the technique buys less than it did.
     _Figure("speedup", "speedup", False, lambda r: _number(r.speedup, "ratio")),
 )
@@ -438,7 +442,7 @@ _SECTION_NUMBERS: dict[str, dict[str, bool]] = {
     "memory": {"peak_allocated_bytes": False, "peak_reserved_bytes": False,
                "process_peak_bytes": False},
     "budget": {"max_vram_bytes": True},
-    "latency": {"median": False},
+    "latency": {"median": False, **dict.fromkeys(BREAKDOWN_FIGURES, False)},
     # No interval (both null) is a first-class result: a measurement that stopped inconclusive
     # before it had the pairs for one; a single bound is a broken file.
     "speedup": {"ratio": True, "ci_low": False, "ci_high": False},

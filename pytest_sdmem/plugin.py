@@ -397,7 +397,19 @@ def _properties(state: TestState, report: MemoryReport | None) -> list[tuple[str
                   ("sdmem_speedup_verdict", s.verdict), ("sdmem_speedup_method", s.method),
                   ("sdmem_speedup_median_test_s", s.median_test),
                   ("sdmem_speedup_median_base_s", s.median_base)]
-    return props
+    return props + _latency_properties(_latency(state))
+
+
+def _latency_properties(latency: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The latency's median with its interval and its breakdown, in seconds: the figures of
+    the record's latency section that are present, as ``sdmem_latency_<name>_s``."""
+    if latency is None:
+        return []
+    from pytest_sdmem.timing import BREAKDOWN_FIGURES  # no torch: timing imports it lazily
+
+    names = ("median", "ci_low", "ci_high", *BREAKDOWN_FIGURES)
+    return [(f"sdmem_latency_{name}_s", latency[name]) for name in names
+            if latency.get(name) is not None]
 
 
 def _latency(state: TestState) -> dict[str, Any] | None:

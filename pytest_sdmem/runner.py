@@ -10,18 +10,21 @@ and 12673).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
-from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import numpy as np
 import torch
 
 from pytest_sdmem.errors import NeedsRealRun
-from pytest_sdmem.pipelines import DEFAULT_PROMPT, load_pipeline
-from pytest_sdmem.stats import SpeedupResult
+from pytest_sdmem.pipelines import DEFAULT_PROMPT, SYNTHETIC_MODELS, ensure_cached, load_pipeline
+from pytest_sdmem.stats import SpeedupResult, median
 from pytest_sdmem.techniques import (
     ApplyContext,
     OutputTolerance,
@@ -32,7 +35,15 @@ from pytest_sdmem.techniques import (
     parse_technique,
     unmet_requirements,
 )
-from pytest_sdmem.timing import TimingResult, measure, measure_speedup, synchronizer
+from pytest_sdmem.timing import (
+    LatencyBreakdown,
+    PartTimes,
+    Sync,
+    TimingResult,
+    measure,
+    measure_speedup,
+    synchronizer,
+)
 
 
 class UnmetRequirementError(TechniqueError):
@@ -58,6 +69,9 @@ class GenerationArgs:
     #: A diffusers scheduler class name (e.g. "UniPCMultistepScheduler"), built from the
     #: pipeline's scheduler config; None keeps the model's own (the guide's 4K claim uses UniPC).
     scheduler: str | None = None
+    #: Called by diffusers at the end of each denoising step, as its ``callback_on_step_end``
+    #: (a function or a ``PipelineCallback``); ``SdPipe.latency`` times the steps around it.
+    callback_on_step_end: Callable[..., Any] | None = None
 
     def with_overrides(self, **overrides: Any) -> GenerationArgs:
         """These args with some replaced; an unknown name is a TypeError listing the known ones,
@@ -73,9 +87,12 @@ class GenerationArgs:
         """The StableDiffusionPipeline call arguments of this generation (without the
         generator and output type, which depend on where it runs): one place, so the runner,
         the estimator and the GPU comparison script call the pipeline the same way."""
-        return {"prompt": self.prompt, "num_inference_steps": self.num_inference_steps,
-                "height": self.height, "width": self.width,
-                "num_images_per_prompt": self.batch_size, "guidance_scale": self.guidance_scale}
+        kwargs = {"prompt": self.prompt, "num_inference_steps": self.num_inference_steps,
+                  "height": self.height, "width": self.width,
+                  "num_images_per_prompt": self.batch_size, "guidance_scale": self.guidance_scale}
+        if self.callback_on_step_end is not None:
+            kwargs["callback_on_step_end"] = self.callback_on_step_end
+        return kwargs
 
     def context(self, device: str) -> ApplyContext:
         """What the techniques are set up for (jit_trace traces these shapes)."""
@@ -173,16 +190,104 @@ def use_scheduler(pipe: Pipe, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+@dataclass
+class _CallParts:
+    """The parts of one generation as the instrumented pipeline reported them (seconds)."""
+
+    text_encoding: float = 0.0
+    vae_decode: float = 0.0
+    steps: list[float] = field(default_factory=list)
+    #: When the current denoising step began: the end of the text encoding, then of each step.
+    step_start: float | None = None
+
+
+class _PartClock:
+    """Times a generation's parts while installed on a pipeline: ``encode_prompt`` and
+    ``vae.decode`` are wrapped, and each step ends in a ``callback_on_step_end`` that chains to
+    the user's. The device is synchronized around every reading, so a part's figure holds its
+    own kernels and no others."""
+
+    def __init__(self, sync: Sync) -> None:
+        self._sync = sync
+        self.calls: list[_CallParts] = []
+
+    def _now(self) -> float:
+        self._sync()
+        return perf_counter()
+
+    def _timed(self, part: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            call = self.calls[-1]
+            start = self._now()
+            result = method(*args, **kwargs)
+            end = self._now()
+            setattr(call, part, getattr(call, part) + end - start)
+            if part == "text_encoding":
+                call.step_start = end  # the denoising loop follows the prompt's encoding
+            return result
+        return timed
+
+    @contextlib.contextmanager
+    def installed(self, pipe: Pipe) -> Iterator[None]:
+        """Wrap the pipeline's text encoding and VAE decode while the block runs; the methods
+        are restored afterwards, whatever happens."""
+        wrapped = [(pipe, "encode_prompt", "text_encoding"), (pipe.vae, "decode", "vae_decode")]
+        saved = [(owner, name, vars(owner).get(name)) for owner, name, _ in wrapped]
+        try:
+            for owner, name, part in wrapped:
+                setattr(owner, name, self._timed(part, getattr(owner, name)))
+            yield
+        finally:
+            for owner, name, before in saved:
+                if before is None:
+                    delattr(owner, name)  # the class's method shows through again
+                else:
+                    setattr(owner, name, before)
+
+    def begin_call(self, kwargs: dict[str, Any]) -> None:
+        """Start a generation's record (parts are reset for each call) and put the step clock
+        in its pipeline ``kwargs``, chained before the user's ``callback_on_step_end``."""
+        call = _CallParts()
+        self.calls.append(call)
+        user = kwargs.get("callback_on_step_end")
+
+        def on_step_end(pipe: Any, step: int, timestep: Any,
+                        callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            end = self._now()
+            if call.step_start is not None:
+                call.steps.append(end - call.step_start)
+            call.step_start = end
+            return callback_kwargs if user is None else user(pipe, step, timestep,
+                                                             callback_kwargs)
+
+        kwargs["callback_on_step_end"] = on_step_end
+        if user is not None and hasattr(user, "tensor_inputs"):
+            # diffusers reads a PipelineCallback's tensor inputs only from the callback itself.
+            kwargs["callback_on_step_end_tensor_inputs"] = user.tensor_inputs
+
+    def parts(self, rounds: int, confidence: float) -> dict[str, PartTimes | None]:
+        """The last ``rounds`` generations' parts (the warm-up calls come before them)."""
+        calls = self.calls[-rounds:]
+        figures = {"per_step": [median(c.steps) for c in calls if c.steps],
+                   "text_encoding": [c.text_encoding for c in calls if c.text_encoding],
+                   "vae_decode": [c.vae_decode for c in calls if c.vae_decode]}
+        return {name: PartTimes(tuple(times), confidence) if len(times) == len(calls) else None
+                for name, times in figures.items()}
+
+
 class SdPipe:
     """One pipeline with its technique applied, callable as ``sd_pipe(batch_size=4)``.
 
     ``loader`` builds the other techniques' pipelines that ``assert_matches_baseline`` and
     ``speedup_over`` compare with; without one they raise. Use as a context manager, or call
-    :meth:`release`, to free the pipeline.
+    :meth:`release`, to free the pipeline. ``load_time`` is how long building ``pipe`` took
+    (``make_sd_pipe`` and :meth:`fresh` time their loader), reported by :meth:`latency`.
     """
 
     def __init__(self, pipe: Pipe, technique: TechniqueSet | str, device: str,
-                 defaults: GenerationArgs | None = None, *, loader: Loader | None = None) -> None:
+                 defaults: GenerationArgs | None = None, *, loader: Loader | None = None,
+                 load_time: float | None = None) -> None:
         self.pipe: Pipe | None = pipe
         self.technique = (technique if isinstance(technique, TechniqueSet)
                           else parse_technique(technique))
@@ -190,8 +295,12 @@ class SdPipe:
         self.defaults = defaults or GenerationArgs()
         self.last_args: GenerationArgs | None = None
         self.last_latency: TimingResult | None = None
+        self.load_time = load_time
+        #: The wall time of this pipeline's first generation: the cold one (None before it).
+        self.first_call_time: float | None = None
         self._loader = loader
         self._sync = synchronizer(device)
+        self._clock: _PartClock | None = None
 
     def __repr__(self) -> str:
         state = "released" if self.pipe is None else self.device
@@ -219,18 +328,43 @@ class SdPipe:
         if args.scheduler is not None:
             use_scheduler(self.pipe, args.scheduler)
         generator = torch.Generator(device=self.device).manual_seed(args.seed)
-        output = self.pipe(**args.pipeline_kwargs(), generator=generator, output_type="np")
+        kwargs = args.pipeline_kwargs()
+        if self._clock is not None:
+            self._clock.begin_call(kwargs)
+        cold = self.first_call_time is None
+        if cold:
+            self._sync()
+        start = perf_counter()
+        output = self.pipe(**kwargs, generator=generator, output_type="np")
         self._sync()
+        if cold:
+            self.first_call_time = perf_counter() - start
         self.last_args = args
         return np.asarray(output.images)
 
     def latency(self, *, max_time: float = 30.0, warmup: int = 1, min_rounds: int = 3,
                 **overrides: Any) -> TimingResult:
-        """Time whole generations (see ``timing.measure``); the result is also kept in
-        ``last_latency`` for the results table."""
+        """Time whole generations (see ``timing.measure``) and where their time goes: the
+        result's ``breakdown`` (see ``timing.LatencyBreakdown``) holds the pipeline's load, its
+        first (cold) generation, and per measured round the median denoising step, the text
+        encoding and the VAE decode. Those parts are read with the device synchronized around
+        each, in the measured rounds themselves: on a GPU the rounds lose the overlap of the
+        host queueing the next part while the device finishes the last. The result is also kept
+        in ``last_latency`` for the results."""
         self.defaults.with_overrides(**overrides)  # a typo fails before any timing
-        result = measure(lambda: self(**overrides), sync=self._sync,
-                         warmup=warmup, min_rounds=min_rounds, max_time=max_time)
+        if self.pipe is None:
+            raise RuntimeError(f"{self!r}: the pipeline was released")
+        clock = _PartClock(self._sync)
+        self._clock = clock
+        try:
+            with clock.installed(self.pipe):
+                result = measure(lambda: self(**overrides), sync=self._sync,
+                                 warmup=warmup, min_rounds=min_rounds, max_time=max_time)
+        finally:
+            self._clock = None
+        breakdown = LatencyBreakdown(load=self.load_time, first_call=self.first_call_time,
+                                     **clock.parts(result.rounds, result.confidence))
+        result = replace(result, breakdown=breakdown)
         self.last_latency = result
         return result
 
@@ -241,8 +375,7 @@ class SdPipe:
             raise RuntimeError(f"{self!r} has no loader to build {technique!r} with: create it "
                                "with make_sd_pipe or pass loader=")
         args = self.defaults.with_overrides(**overrides)
-        ts = parse_technique(technique)
-        return SdPipe(self._loader(ts, args), ts, self.device, args, loader=self._loader)
+        return _load(self._loader, parse_technique(technique), self.device, args)
 
     def assert_matches_baseline(self, baseline: str = "none", **overrides: Any) -> ImageDiff:
         """Generate with this technique and with ``baseline`` (a fresh pipeline, same seed and
@@ -293,9 +426,21 @@ def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path |
     applied for ``device``. A technique that cannot run there raises UnmetRequirementError
     (the plugin skips such tests at collection, so this is the backstop)."""
     defaults = defaults or GenerationArgs()
-    ts = parse_technique(technique_expr)
+    if model in SYNTHETIC_MODELS:  # built before the load is timed: its load is from the cache
+        ensure_cached(model, Path(cache_dir), safety_checker=safety_checker)
     loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
-    return SdPipe(loader(ts, defaults), ts, device, defaults, loader=loader)
+    return _load(loader, parse_technique(technique_expr), device, defaults)
+
+
+def _load(loader: Loader, ts: TechniqueSet, device: str, args: GenerationArgs) -> SdPipe:
+    """Build an SdPipe with ``loader``, timing the build (device synchronized: the technique's
+    weights must have arrived) as its ``load_time``."""
+    sync = synchronizer(device)
+    sync()
+    start = perf_counter()
+    pipe = loader(ts, args)
+    sync()
+    return SdPipe(pipe, ts, device, args, loader=loader, load_time=perf_counter() - start)
 
 
 @dataclass(frozen=True)

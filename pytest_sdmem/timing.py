@@ -97,18 +97,91 @@ def _check_positive(name: str, value: object) -> float:
     return float(value)
 
 
+def _median_interval(times: tuple[float, ...],
+                     confidence: float) -> tuple[float, float] | None:
+    """The ``confidence`` interval of the median of ``times``; None with too few for one."""
+    if median_ci_ranks(len(times), confidence) is None:
+        return None
+    return median_ci(times, confidence)
+
+
+@dataclass(frozen=True)
+class PartTimes:
+    """One part of a call (a denoising step, the text encoding, the VAE decode), one figure per
+    timed round (seconds): reported, like the whole call, as the median of the rounds with its
+    interval, so a part and the call it belongs to are read alike."""
+
+    times: tuple[float, ...]
+    confidence: float
+
+    @property
+    def median(self) -> float:
+        return median(self.times)
+
+    @property
+    def ci(self) -> tuple[float, float] | None:
+        """Interval of the median at ``confidence``; None with too few rounds for one."""
+        return _median_interval(self.times, self.confidence)
+
+    def to_dict(self, name: str) -> dict[str, Any]:
+        """The part's figures as flat ``name``, ``name_ci_low``, ``name_ci_high``, ``name_times``
+        keys of the record's latency section, beside the whole call's ``median`` and ``ci_*``."""
+        ci = self.ci
+        return {name: self.median, f"{name}_ci_low": ci[0] if ci else None,
+                f"{name}_ci_high": ci[1] if ci else None, f"{name}_times": list(self.times)}
+
+
+#: The parts of a generation that ``LatencyBreakdown`` times in every round, in report order.
+ROUND_PARTS = ("per_step", "text_encoding", "vae_decode")
+#: Every figure of a breakdown, as named in a record's ``latency`` section (seconds), beside
+#: the steady rounds' ``median``. A file written before the breakdown has none of them, and a
+#: latency taken from min_speedup's rounds neither: readers treat them as optional.
+BREAKDOWN_FIGURES = ("load", "first_call", *ROUND_PARTS)
+
+
+@dataclass(frozen=True)
+class LatencyBreakdown:
+    """Where a generation's time goes, beside its steady rounds (``TimingResult``).
+
+    ``load``: building the pipeline, from the model cache to the technique applied (None when
+    the pipeline was built outside ``make_sd_pipe``/``SdPipe.fresh``). ``first_call``: the
+    pipeline's first generation, cold (compilation, cuDNN autotuning, lazy loading, allocator
+    growth); one reading each, as they happen once. The parts are timed in each measured round:
+    ``per_step`` is the median of that round's denoising steps, ``text_encoding`` and
+    ``vae_decode`` its calls of the text encoder and the VAE decoder; None when the pipeline
+    did not report the part.
+    """
+
+    load: float | None
+    first_call: float | None
+    per_step: PartTimes | None
+    text_encoding: PartTimes | None
+    vae_decode: PartTimes | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready figures in seconds: ``load``, ``first_call`` and each part's median with
+        its interval and round figures (see ``PartTimes.to_dict``); a part not timed is null."""
+        data: dict[str, Any] = {"load": self.load, "first_call": self.first_call}
+        for name in ROUND_PARTS:
+            part: PartTimes | None = getattr(self, name)
+            data.update(part.to_dict(name) if part else {name: None})
+        return data
+
+
 @dataclass(frozen=True)
 class TimingResult:
     """Round times of one callable (seconds) and why the rounds stopped.
 
     ``stop_reason``: "precision" when the ``confidence`` interval of the median came within the
-    asked relative precision, "max_rounds" or "max_time" when a limit came first.
+    asked relative precision, "max_rounds" or "max_time" when a limit came first. ``breakdown``:
+    where a generation's time went, when ``SdPipe.latency`` timed one (None for a plain callable).
     """
 
     times: tuple[float, ...]
     warmup: int
     confidence: float
     stop_reason: Literal["precision", "max_rounds", "max_time"]
+    breakdown: LatencyBreakdown | None = None
 
     @property
     def rounds(self) -> int:
@@ -130,12 +203,10 @@ class TimingResult:
     @property
     def ci(self) -> tuple[float, float] | None:
         """Interval of the median at ``confidence``; None with too few rounds for one."""
-        if median_ci_ranks(self.rounds, self.confidence) is None:
-            return None
-        return median_ci(self.times, self.confidence)
+        return _median_interval(self.times, self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready figures, times in seconds."""
+        """JSON-ready figures, times in seconds; a breakdown's figures beside them."""
         ci = self.ci
         return {
             "times": list(self.times),
@@ -148,6 +219,7 @@ class TimingResult:
             "ci_high": ci[1] if ci else None,
             "confidence": self.confidence,
             "stop_reason": self.stop_reason,
+            **(self.breakdown.to_dict() if self.breakdown else {}),
         }
 
 

@@ -22,7 +22,8 @@ from pytest_sdmem.units import (
     parse_size,
 )
 
-# vram covers peak allocated and peak reserved memory, latency the median latency, speedup the
+# vram covers peak allocated and peak reserved memory, latency the median latency and each
+# figure of its breakdown (load, first call, per step, text encoding, VAE decode), speedup the
 # measured speed-up ratio (where lower is worse); ``baseline.FIGURES`` maps figures to these.
 METRICS = ("vram", "latency", "speedup")
 

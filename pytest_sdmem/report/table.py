@@ -19,6 +19,7 @@ COLUMNS = (
     "technique",
     "device",
     "latency",
+    "per step",
     "speed-up",
     "peak allocated",
     "peak reserved",
@@ -33,6 +34,10 @@ class Row:
 
     cells: tuple[str, ...]
     failed: bool
+
+
+def _duration_cell(seconds: float | None) -> str:
+    return format_duration(seconds) if seconds is not None else "-"
 
 
 def _budget_cell(record: TestRecord) -> str:
@@ -77,14 +82,15 @@ def table_rows(records: Iterable[TestRecord]) -> list[Row]:
         estimated = " (est.)" if r.estimated else ""
         peak = mem.get("peak_allocated_bytes")
         reserved = mem.get("peak_reserved_bytes")
-        latency = (r.latency or {}).get("median")
+        latency = r.latency or {}
         rows.append(
             Row(
                 cells=(
                     r.nodeid,
                     r.technique or "-",
                     r.device,
-                    format_duration(latency) if latency is not None else "-",
+                    _duration_cell(latency.get("median")),
+                    _duration_cell(latency.get("per_step")),
                     _speedup_cell(r),
                     (format_size(peak) + estimated) if peak is not None else "-",
                     _reserved_cell(reserved, r.estimate),

@@ -115,6 +115,35 @@ def test_latency_and_speedup_directions(tmp_path: Path) -> None:
     assert {d.figure: d.status for d in faster.deltas}["speedup"] == "improvement"
 
 
+def test_a_slower_step_is_a_regression_of_its_own(tmp_path: Path) -> None:
+    """Each figure of the latency breakdown is compared, lower being better, with the latency
+    tolerance: a step 30% slower fails the gate while the whole generation's median stays."""
+    parts = {"load": 2.0, "first_call": 9.0, "text_encoding": 0.05, "vae_decode": 0.4}
+    base = record(latency={"median": 4.0, "per_step": 0.100, **parts})
+    head = record(latency={"median": 4.0, "per_step": 0.130, **parts})
+    comparison = compare_files(tmp_path, [base], [head])
+    assert [d.figure for d in comparison.regressions] == ["per_step"]
+    assert comparison.regressions[0].message == (
+        "per_step 130.0 ms vs baseline 100.0 ms (+30.0 ms, +30.0%) exceeds tolerance 10%")
+    assert {d.figure: d.status for d in comparison.deltas} == {
+        "peak_allocated": "unchanged", "peak_reserved": "unchanged", "latency": "unchanged",
+        "load": "unchanged", "first_call": "unchanged", "per_step": "regression",
+        "text_encoding": "unchanged", "vae_decode": "unchanged"}
+    assert [d.figure for d in compare_files(tmp_path, [head], [base]).improvements] == [
+        "per_step"]
+    assert compare_files(tmp_path, [base], [head], "latency=50%").passed
+
+
+def test_a_baseline_without_the_breakdown_compares_the_median(tmp_path: Path) -> None:
+    """A results file written before the breakdown (or a latency from min_speedup's rounds,
+    which has none) still reads, and only the figures both sides have are compared."""
+    old = record(latency={"median": 4.0})
+    new = record(latency={"median": 4.1, "per_step": 0.1, "vae_decode": None})
+    comparison = compare_files(tmp_path, [old], [new])
+    assert comparison.passed
+    assert [d.figure for d in comparison.deltas] == ["peak_allocated", "peak_reserved", "latency"]
+
+
 def test_absolute_tolerances(tmp_path: Path) -> None:
     base = [record(peak=3_000_000_000, latency={"median": 2.0})]
     within = [record(peak=3_150_000_000, latency={"median": 2.4})]
@@ -200,9 +229,12 @@ def with_record(**fields: object) -> bytes:
         (with_record(speedup={"ratio": 2.0, "ci_low": 1.5, "ci_high": None}),
          "results[0].speedup has one of ci_low and ci_high"),
         (with_record(speedup={"ci_low": 1.9}), "results[0].speedup.ratio is not a number"),
+        (with_record(latency={"median": 1.0, "per_step": "fast"}),
+         "results[0].latency.per_step is not a number"),
     ],
     ids=["corrupt", "truncated", "empty", "foreign-schema", "package-json", "junit-xml", "binary",
-         "memory-not-object", "figure-not-number", "speedup-one-bound", "speedup-no-ratio"],
+         "memory-not-object", "figure-not-number", "speedup-one-bound", "speedup-no-ratio",
+         "per-step-not-number"],
 )
 def test_unusable_baseline_is_a_usage_error_and_left_untouched(
     tmp_path: Path, content: bytes, problem: str

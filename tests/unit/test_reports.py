@@ -36,7 +36,7 @@ def sample_run() -> RunResults:
         [
             record("tests/techniques/test_claims.py::test_budget[fp16]", "fp16", 2_400_000_000,
                    budget={"max_vram_bytes": 3_000_000_000, "metric": "allocated"},
-                   latency={"median": 1.25}),
+                   latency={"median": 1.25, "per_step": 0.05}),
             record("tests/techniques/test_claims.py::test_budget[none]", "none", 4_100_000_000,
                    outcome="failed",
                    budget={"max_vram_bytes": 3_000_000_000, "metric": "reserved"},
@@ -93,6 +93,16 @@ def test_a_speedup_without_an_interval_is_shown_as_such() -> None:
     run.results[2].speedup = {"ratio": 1.8, "ci_low": None, "ci_high": None}
     cells = dict(zip(COLUMNS, table_rows(run.results)[2].cells, strict=True))
     assert cells["speed-up"] == "1.80x [no interval]"
+
+
+def test_the_per_step_column_shows_a_breakdown_and_a_dash_without_one() -> None:
+    """A latency with a breakdown shows its median step; one without (a file written before
+    the breakdown, a latency from min_speedup's rounds) a dash, beside its median."""
+    rows = table_rows(sample_run().results)
+    per_step = [row.cells[COLUMNS.index("per step")] for row in rows]
+    latency = [row.cells[COLUMNS.index("latency")] for row in rows]
+    assert per_step == ["50.0 ms", "-", "-"]
+    assert latency == ["1.25 s", "-", "12.3 ms"]
 
 
 def test_markdown_to_stdout_and_empty_run(tmp_path: Path, capsys) -> None:

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from pytest_sdmem.pipelines import DEFAULT_PROMPT, ensure_cached
+from pytest_sdmem.report.table import COLUMNS, table_rows
+from pytest_sdmem.results import RunResults, TestRecord
 from pytest_sdmem.runner import (
     GenerationArgs,
     ImageDiff,
@@ -21,7 +23,8 @@ from pytest_sdmem.runner import (
 )
 from pytest_sdmem.stats import SpeedupResult
 from pytest_sdmem.techniques import SAME_MATH, ApplyContext, TechniqueError, parse_technique
-from pytest_sdmem.timing import TimingResult
+from pytest_sdmem.timing import ROUND_PARTS, TimingResult
+from pytest_sdmem.units import format_duration
 
 DEFAULTS = GenerationArgs(num_inference_steps=2, height=32, width=32)
 
@@ -154,6 +157,50 @@ def test_latency_is_measured_and_kept(tiny_dir: Path) -> None:
     assert result.rounds >= 2 and result.warmup == 0
     assert sd.last_latency is result
     assert sd.last_args is not None and sd.last_args.num_inference_steps == 1
+
+
+def test_latency_is_broken_down_and_a_users_step_callback_still_runs(
+        tiny_dir: Path, tmp_path: Path) -> None:
+    """Load, the cold first call, and per measured round the steps, the text encoding and the
+    VAE decode: disjoint parts of one generation, so within each round they add up to at most
+    the round; the user's callback sees every step of every call, warm-up included."""
+    steps_seen: list[int] = []
+
+    def on_step_end(pipe: object, step: int, timestep: object, kwargs: dict) -> dict:
+        assert isinstance(kwargs["latents"], torch.Tensor)
+        steps_seen.append(step)
+        return kwargs
+
+    with _make(tiny_dir) as sd:
+        result = sd.latency(max_time=0.1, warmup=1, min_rounds=3,
+                            callback_on_step_end=on_step_end)
+        # The pipeline's own methods are back: a later generation is not instrumented.
+        assert "encode_prompt" not in vars(sd.pipe) and "decode" not in vars(sd.pipe.vae)
+    steps = DEFAULTS.num_inference_steps
+    assert steps_seen == [0, 1] * (1 + result.rounds)
+    parts = result.breakdown
+    assert parts is not None and parts.load is not None and parts.first_call is not None
+    assert parts.load > 0 and parts.first_call > 0
+    for name in ROUND_PARTS:
+        part = getattr(parts, name)
+        assert part is not None and len(part.times) == result.rounds, name
+        assert min(part.times) > 0, name
+    assert parts.per_step and parts.text_encoding and parts.vae_decode  # for the type checker
+    for i, whole in enumerate(result.times):
+        # with 2 steps, the round's median step is their mean
+        assert (parts.per_step.times[i] * steps + parts.text_encoding.times[i]
+                + parts.vae_decode.times[i]) <= whole
+    assert parts.per_step.median * steps <= result.median
+    assert max(parts.text_encoding.median, parts.vae_decode.median) < result.median
+
+    # The record's latency section survives the results file, and the table shows the step.
+    record = TestRecord(nodeid="t.py::test_latency", latency=result.to_dict())
+    read = RunResults.read(RunResults({}, [record]).write(tmp_path / "r.json")).results[0]
+    assert read.latency == result.to_dict()
+    assert read.latency["per_step"] == parts.per_step.median
+    assert read.latency["load"] == parts.load and read.latency["first_call"] == parts.first_call
+    cell = table_rows([read])[0].cells[COLUMNS.index("per step")]
+    assert cell == format_duration(parts.per_step.median)
 
 
 def test_speedup_over_a_baseline(tiny_dir: Path) -> None:

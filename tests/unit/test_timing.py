@@ -18,8 +18,12 @@ import pytest
 
 from pytest_sdmem import timing
 from pytest_sdmem.timing import (
+    BREAKDOWN_FIGURES,
     CLOCK_TICK,
+    LatencyBreakdown,
+    PartTimes,
     TimeBudgetTooShort,
+    TimingResult,
     measure,
     measure_speedup,
     no_sync,
@@ -120,9 +124,29 @@ def test_zero_durations_count_as_one_clock_tick(clock: FakeClock) -> None:
 def test_to_dict_is_json_ready(clock: FakeClock) -> None:
     data = json.loads(json.dumps(measure(clock.task("fn", [2.0])).to_dict()))
     assert data["median"] == 2.0
+    assert "per_step" not in data  # a plain callable has no breakdown
     assert data["stop_reason"] == "precision"
     assert (data["rounds"], data["warmup"], data["total"], data["iqr"]) == (6, 1, 12.0, 0.0)
     assert (data["ci_low"], data["ci_high"], data["confidence"]) == (2.0, 2.0, 0.95)
+
+
+def test_a_breakdown_reports_each_part_as_a_median_with_its_interval() -> None:
+    """Parts read like the whole call: the median of the rounds, the interval from 6 rounds on
+    (95%), none below; a part the pipeline did not report is null."""
+    six = PartTimes((0.5, 0.1, 0.2, 0.3, 0.4, 0.6), 0.95)
+    breakdown = LatencyBreakdown(load=1.5, first_call=3.0, per_step=six,
+                                 text_encoding=PartTimes((0.2, 0.1), 0.95), vae_decode=None)
+    result = TimingResult((2.0,) * 6, warmup=1, confidence=0.95, stop_reason="precision",
+                          breakdown=breakdown)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert (data["median"], data["load"], data["first_call"]) == (2.0, 1.5, 3.0)
+    assert data["per_step"] == pytest.approx(0.35)
+    assert (data["per_step_ci_low"], data["per_step_ci_high"]) == (0.1, 0.6)
+    assert data["per_step_times"] == list(six.times)
+    assert data["text_encoding"] == pytest.approx(0.15)
+    assert data["text_encoding_ci_low"] is None and data["text_encoding_ci_high"] is None
+    assert data["vae_decode"] is None
+    assert set(BREAKDOWN_FIGURES) <= set(data)
 
 
 @pytest.mark.parametrize(
