@@ -345,11 +345,14 @@ def test_unknown_device_is_an_error() -> None:
 # --- verdicts on real computation ------------------------------------------------------------
 
 # np.sin over 20k doubles: ~0.1 ms a pass on this kind of machine, and numpy ufuncs run on one
-# thread, so a neighbour's tests compete with ours for a core but our own threads do not.
+# thread, so a neighbour's tests compete with ours for a core but our own threads do not. A
+# unit is 60 passes (~6 ms): rounds of a millisecond were either untouched or preempted whole
+# (5-20x) on a loaded machine, heavy tails that left most runs inconclusive; rounds of several
+# scheduler slices share a neighbour's load more evenly (3 of 3 runs passed at load 6).
 _DATA = np.linspace(0.0, 1.0, 20_000)
 _OUT = np.empty_like(_DATA)
-_PASSES_PER_UNIT = 5
-_REPEATS = 20
+_PASSES_PER_UNIT = 60
+_REPEATS = 12
 _BUDGET = 5.0  # seconds per verdict; a verdict on idle cores takes ~20 ms
 
 
