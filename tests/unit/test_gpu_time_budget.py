@@ -1,0 +1,41 @@
+"""benchmarks/gpu_time_budget.py stays true to the suite: its table names exactly the tests of
+tests/techniques, so a new or renamed GPU test cannot be left out of the paper budget."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_time_budget  # noqa: E402
+
+
+def test_the_budget_covers_every_test_of_the_technique_suite() -> None:
+    """Collected on the CPU: a test marked gpu is collected (and skipped) there with the node
+    id it has with --gpu, parameters included."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "tests/techniques"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    collected = {line.removeprefix("tests/techniques/") for line in out.stdout.splitlines()
+                 if line.startswith("tests/techniques/")}
+    table = set(gpu_time_budget.TESTS)
+    assert collected, out.stdout
+    assert not collected - table, f"tests missing from the budget: {sorted(collected - table)}"
+    assert not table - collected, f"budget entries of no test: {sorted(table - collected)}"
+
+
+def test_k_selects_as_pytest_and_the_parts_add_up() -> None:
+    everything = gpu_time_budget.selected(None)
+    guide = gpu_time_budget.selected("guide_table")
+    rest = gpu_time_budget.selected("not guide_table")
+    assert guide and rest and sorted(guide + rest) == sorted(everything)
+    assert gpu_time_budget.selected("fp16+sdpa") == [
+        n for n in everything if "fp16+sdpa" in n]
+    _, total = gpu_time_budget.report(everything)
+    _, part = gpu_time_budget.report(guide)
+    assert 0 < part < total
