@@ -29,6 +29,16 @@ def test_the_budget_covers_every_test_of_the_technique_suite() -> None:
     assert not table - collected, f"budget entries of no test: {sorted(table - collected)}"
 
 
+def test_the_documented_parts_run_every_test_once_within_four_minutes() -> None:
+    """docs/gpu-time-budget.md's -k split: each test in exactly one part, each part at most
+    PART_LIMIT_S on paper (a session on a cold machine included)."""
+    parts = [gpu_time_budget.selected(expr) for expr in gpu_time_budget.PARTS]
+    assert sorted(n for part in parts for n in part) == sorted(gpu_time_budget.TESTS)
+    for expr, part in zip(gpu_time_budget.PARTS, parts, strict=True):
+        _, seconds = gpu_time_budget.report(part)
+        assert seconds <= gpu_time_budget.PART_LIMIT_S, (expr, seconds)
+
+
 def test_k_selects_as_pytest_and_the_parts_add_up() -> None:
     everything = gpu_time_budget.selected(None)
     guide = gpu_time_budget.selected("guide_table")
