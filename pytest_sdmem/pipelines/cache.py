@@ -278,9 +278,13 @@ def ensure_cached(
                 with quiet_progress_bars():
                     pipe = build_pipeline(model, seed=seed, safety_checker=safety_checker)
                     pipe.save_pretrained(temp, safe_serialization=True)
-                    pipe.to(torch.float16).save_pretrained(
-                        temp, safe_serialization=True, variant=HALF_VARIANT
-                    )
+                    # Each model cast itself: the pipeline's .to(dtype) warns about modules
+                    # kept in fp32, which SD's models do not have (from_pretrained's cast
+                    # gives the same bytes: tests/unit/test_pipelines.py).
+                    for component in pipe.components.values():
+                        if isinstance(component, torch.nn.Module):
+                            component.to(torch.float16)
+                    pipe.save_pretrained(temp, safe_serialization=True, variant=HALF_VARIANT)
                     del pipe
                 _write_marker(temp, key, model, seed, safety_checker)
                 if _publish(temp, entry, key):  # its files were hashed just now, unchanged
