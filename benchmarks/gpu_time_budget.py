@@ -112,8 +112,8 @@ FIGURES: dict[str, Figure] = {
     "load_half_cast_s": Figure(
         3.24 + 2.74 / 8, "derived",
         "measured: sd15 from the cache in fp16 in 3.24 s (2 CPU cores: from_pretrained casts "
-        "the fp32 files) before the cache kept an fp16 variant; plus 2.74 GB moved to the GPU "
-        "at ~8 GB/s. Kept to show the cut: the budget uses 'load_half_s'"),
+        "the fp32 files), what every fp16 load cost before the cache kept an fp16 variant and "
+        "what a bf16 load still costs; plus 2.74 GB moved to the GPU at ~8 GB/s"),
     "session_s": Figure(
         15.0, "assumption",
         "per pytest session: doctor check, imports (torch + diffusers: 2.6 s measured on the "
