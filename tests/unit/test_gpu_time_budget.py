@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -49,3 +51,12 @@ def test_k_selects_as_pytest_and_the_parts_add_up() -> None:
     _, total = gpu_time_budget.report(everything)
     _, part = gpu_time_budget.report(guide)
     assert 0 < part < total
+
+
+def test_the_doc_shows_what_the_script_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/gpu-time-budget.md quotes the script's output: regenerate it when the table or a
+    figure changes (python benchmarks/gpu_time_budget.py)."""
+    assert gpu_time_budget.main([]) == 0
+    printed = capsys.readouterr().out
+    doc = (ROOT / "docs" / "gpu-time-budget.md").read_text(encoding="utf-8")
+    assert printed in doc, "docs/gpu-time-budget.md's budget block is not the script's output"
