@@ -55,7 +55,7 @@ FORMAT_VERSION = 3
 #: An entry also holds its weights in fp16, as diffusers' "fp16" variant files: an fp16 load
 #: reads them as they are instead of casting the fp32 files on the CPU (sd15 on a 2-core CPU:
 #: 3.2 s per load with the cast, 0.35 s from the variant; the GPU tier loads it in fp16 about
-#: 28 times, docs/gpu-time-budget.md). They are the fp32 weights cast by torch once at build
+#: 27 times, docs/gpu-time-budget.md). They are the fp32 weights cast by torch once at build
 #: time, so they hold the bytes a cast at load time gives.
 HALF_VARIANT = "fp16"
 #: Written last into an entry; an entry without a valid one is incomplete.

@@ -60,3 +60,6 @@ def test_the_doc_shows_what_the_script_prints(capsys: pytest.CaptureFixture[str]
     printed = capsys.readouterr().out
     doc = (ROOT / "docs" / "gpu-time-budget.md").read_text(encoding="utf-8")
     assert printed in doc, "docs/gpu-time-budget.md's budget block is not the script's output"
+    stale = [name for name, f in gpu_time_budget.FIGURES.items()
+             if f"| `{name}` | {f.value:.4g} | {f.kind} | {f.source} |" not in doc]
+    assert not stale, f"figures not as in the script in docs/gpu-time-budget.md: {stale}"
