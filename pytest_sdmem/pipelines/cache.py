@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import diffusers
+import torch
 
 from pytest_sdmem.atomic import write_atomic
 from pytest_sdmem.pipelines.build import build_pipeline
@@ -50,7 +51,13 @@ except ImportError:  # Windows: no flock; the atomic rename alone keeps entries 
     fcntl = None  # type: ignore[assignment]
 
 #: Bumped whenever the way entries are built or laid out changes, so old entries are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: An entry also holds its weights in fp16, as diffusers' "fp16" variant files: an fp16 load
+#: reads them as they are instead of casting the fp32 files on the CPU (sd15 on a 2-core CPU:
+#: 3.2 s per load with the cast, 0.35 s from the variant; the GPU tier loads it in fp16 about
+#: 27 times, docs/gpu-time-budget.md). They are the fp32 weights cast by torch once at build
+#: time, so they hold the bytes a cast at load time gives.
+HALF_VARIANT = "fp16"
 #: Written last into an entry; an entry without a valid one is incomplete.
 MARKER_NAME = "sdmem-entry.json"
 _HASH_CHUNK = 8 * 2**20
@@ -269,9 +276,16 @@ def ensure_cached(
             temp.mkdir()
             try:
                 with quiet_progress_bars():
-                    build_pipeline(model, seed=seed, safety_checker=safety_checker).save_pretrained(
-                        temp, safe_serialization=True
-                    )
+                    pipe = build_pipeline(model, seed=seed, safety_checker=safety_checker)
+                    pipe.save_pretrained(temp, safe_serialization=True)
+                    # Each model cast itself: the pipeline's .to(dtype) warns about modules
+                    # kept in fp32, which SD's models do not have (from_pretrained's cast
+                    # gives the same bytes: tests/unit/test_pipelines.py).
+                    for component in pipe.components.values():
+                        if isinstance(component, torch.nn.Module):
+                            component.to(torch.float16)
+                    pipe.save_pretrained(temp, safe_serialization=True, variant=HALF_VARIANT)
+                    del pipe
                 _write_marker(temp, key, model, seed, safety_checker)
                 if _publish(temp, entry, key):  # its files were hashed just now, unchanged
                     _write_stamps(entry, {n: _stamp(entry / n) for n in _files(entry)})

@@ -18,7 +18,7 @@ from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from pytest_sdmem.pipelines.cache import ensure_cached
+from pytest_sdmem.pipelines.cache import HALF_VARIANT, ensure_cached
 from pytest_sdmem.pipelines.configs import SYNTHETIC_MODELS
 from pytest_sdmem.pipelines.errors import ModelError
 from pytest_sdmem.pipelines.quiet import quiet_progress_bars
@@ -127,7 +127,8 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def _from_pretrained(
-    source: str, *, dtype: torch.dtype, local_only: bool, safety_checker: bool
+    source: str, *, dtype: torch.dtype, local_only: bool, safety_checker: bool,
+    variant: str | None = None,
 ) -> StableDiffusionPipeline:
     """``from_pretrained`` with ``torch_dtype``, the keyword every supported diffusers accepts.
 
@@ -141,6 +142,7 @@ def _from_pretrained(
             torch_dtype=dtype,
             use_safetensors=True,
             local_files_only=local_only,
+            variant=variant,
             **_safety_kwargs(safety_checker),
         )
 
@@ -200,7 +202,8 @@ def load_pipeline(
         entry = ensure_cached(model, cache_dir, seed=seed, safety_checker=safety_checker)
         try:
             pipe = _from_pretrained(
-                str(entry), dtype=dtype, local_only=True, safety_checker=safety_checker
+                str(entry), dtype=dtype, local_only=True, safety_checker=safety_checker,
+                variant=HALF_VARIANT if dtype == torch.float16 else None,
             )
         except (OSError, ValueError) as exc:
             raise ModelError(

@@ -16,6 +16,20 @@ from pytest_sdmem.memory import MemoryReport, MemoryTracker
 from pytest_sdmem.runner import SdPipe
 from pytest_sdmem.techniques import TechniqueSet, example_unet_inputs
 
+#: Steps a memory claim on SD 1.5 needs with its PNDM scheduler (skip_prk_steps): a memory
+#: claim does not depend on the step count once every step has run its full set of tensors.
+#: Each step allocates and frees the same activations; what accumulates is the scheduler's
+#: history, and PNDM keeps at most its last 4 model outputs (diffusers' step_plms:
+#: ``ets[-3:]`` plus the new one). 5 steps are 6 UNet calls, so the history is full and at
+#: least one step runs with it full: the peak of step 25 or 50 is the peak of step 5 (the
+#: history is 4 latents, 32 KiB per image at 512x512 in fp16, in any case).
+PNDM_MEMORY_STEPS = 5
+
+#: The same for UniPC (solver_order 2 by default, keeping 2 model outputs and the last sample
+#: for its corrector, which runs from the second step on): 3 steps fill the history and run one
+#: step with it full.
+UNIPC_MEMORY_STEPS = 3
+
 
 def without(technique: TechniqueSet, name: str) -> str:
     """The expression of ``technique`` minus ``name``: the baseline that isolates what ``name``

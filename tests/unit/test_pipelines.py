@@ -200,6 +200,25 @@ def test_save_and_reload_round_trip_is_exact(tiny_cache: Path) -> None:
     np.testing.assert_array_equal(_generate(loaded), _generate(built))
 
 
+def test_half_precision_loads_the_weights_a_cast_of_the_fp32_files_gives(
+    tiny_cache: Path,
+) -> None:
+    """fp16 loads read the entry's fp16 variant files (no cast at load time): they must hold
+    exactly the bytes of the fp32 weights cast to fp16, and a bf16 load still casts."""
+    entry = ensure_cached("tiny", tiny_cache)
+    assert (entry / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    full = load_pipeline("tiny", dtype=torch.float32, cache_dir=tiny_cache)
+    for dtype in (torch.float16, torch.bfloat16):
+        loaded = load_pipeline("tiny", dtype=dtype, cache_dir=tiny_cache)
+        for name in ("unet", "vae", "text_encoder"):
+            cast = {k: v.to(dtype) if v.is_floating_point() else v
+                    for k, v in getattr(full, name).state_dict().items()}
+            got = getattr(loaded, name).state_dict()
+            assert cast.keys() == got.keys(), name
+            assert all(torch.equal(cast[k], got[k]) and cast[k].dtype == got[k].dtype
+                       for k in cast), (dtype, name)
+
+
 def test_entry_depends_on_architecture_seed_and_checker() -> None:
     keys = {
         cache_key("tiny"),
@@ -345,7 +364,8 @@ def test_pickle_only_directory_is_refused(tiny_cache: Path, tmp_path: Path) -> N
     model_dir = _copy_entry(tiny_cache, tmp_path)
     weights = model_dir / UNET_WEIGHTS
     torch.save({"conv_in.weight": torch.zeros(1)}, weights.with_suffix(".bin"))
-    weights.unlink()
+    for safetensors in weights.parent.glob("*.safetensors"):  # the fp16 variant's too
+        safetensors.unlink()
     with pytest.raises(ModelError, match="execute arbitrary code") as info:
         load_pipeline(str(model_dir), dtype=torch.float32, cache_dir=tmp_path)
     message = str(info.value)
