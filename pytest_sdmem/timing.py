@@ -105,11 +105,9 @@ def _median_interval(times: tuple[float, ...],
     return median_ci(times, confidence)
 
 
-@dataclass(frozen=True)
-class PartTimes:
-    """One part of a call (a denoising step, the text encoding, the VAE decode), one figure per
-    timed round (seconds): reported, like the whole call, as the median of the rounds with its
-    interval, so a part and the call it belongs to are read alike."""
+class _MedianOfRounds:
+    """What a whole call and each of its parts report alike: the median of the timed rounds
+    and its interval at ``confidence``."""
 
     times: tuple[float, ...]
     confidence: float
@@ -122,6 +120,16 @@ class PartTimes:
     def ci(self) -> tuple[float, float] | None:
         """Interval of the median at ``confidence``; None with too few rounds for one."""
         return _median_interval(self.times, self.confidence)
+
+
+@dataclass(frozen=True)
+class PartTimes(_MedianOfRounds):
+    """One part of a call (a denoising step, the text encoding, the VAE decode), one figure per
+    timed round (seconds): reported, like the whole call, as the median of the rounds with its
+    interval, so a part and the call it belongs to are read alike."""
+
+    times: tuple[float, ...]
+    confidence: float
 
     def to_dict(self, name: str) -> dict[str, Any]:
         """The part's figures as flat ``name``, ``name_ci_low``, ``name_ci_high``, ``name_times``
@@ -169,7 +177,7 @@ class LatencyBreakdown:
 
 
 @dataclass(frozen=True)
-class TimingResult:
+class TimingResult(_MedianOfRounds):
     """Round times of one callable (seconds) and why the rounds stopped.
 
     ``stop_reason``: "precision" when the ``confidence`` interval of the median came within the
@@ -188,10 +196,6 @@ class TimingResult:
         return len(self.times)
 
     @property
-    def median(self) -> float:
-        return median(self.times)
-
-    @property
     def iqr(self) -> float:
         return iqr(self.times)
 
@@ -199,11 +203,6 @@ class TimingResult:
     def total(self) -> float:
         """Sum of the timed rounds (warm-up and the time between rounds not included)."""
         return sum(self.times)
-
-    @property
-    def ci(self) -> tuple[float, float] | None:
-        """Interval of the median at ``confidence``; None with too few rounds for one."""
-        return _median_interval(self.times, self.confidence)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures, times in seconds; a breakdown's figures beside them."""
