@@ -38,9 +38,9 @@ ACCEPTED_TOLERANCES = (
     "e.g. 'vram=200MB,latency=15%'"
 )
 
-_PERCENT_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%$")
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(s|ms|us|µs)$", re.IGNORECASE)
-_RATIO_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*x$", re.IGNORECASE)
+_PERCENT_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%$", re.ASCII)
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(s|ms|us|µs)$", re.IGNORECASE | re.ASCII)
+_RATIO_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*x$", re.IGNORECASE | re.ASCII)
 _SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
 
 

@@ -27,7 +27,8 @@ ACCEPTED_SIZES = (
     "of 1000; KiB, MiB, GiB, TiB = powers of 1024)"
 )
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE)
+# ASCII digits only: \d also matches full-width and other scripts' digits, which float() reads.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*$", re.IGNORECASE | re.ASCII)
 
 
 class UnitError(ValueError):

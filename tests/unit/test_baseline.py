@@ -283,6 +283,8 @@ def test_tolerance_spec_overrides_only_what_it_names() -> None:
         ("speedup=1.5", "speedup takes a percentage such as '5%' or a ratio such as '0.1x'"),
         ("vram=-5%", "vram takes a percentage"),
         ("vram=5%,vram=6%", "given twice"),
+        ("vram=\uff15%", "vram takes a percentage"),  # a full-width 5 is not a digit here
+        ("latency=\uff13ms", "latency takes a percentage"),
     ],
 )
 def test_bad_tolerance_specs_are_refused_with_the_accepted_forms(spec: str, message: str) -> None:

@@ -44,7 +44,8 @@ def test_gb_and_gib_differ_by_the_binary_factor() -> None:
 
 
 @pytest.mark.parametrize("bad", ["3GBxyz", "3 bananas", "-1GB", "0", "", "GB", "3 G B", "0GB",
-                                 "1e3MB", "nan GB", 0, -5, True, 3.5, None])
+                                 "1e3MB", "nan GB", 0, -5, True, 3.5, None,
+                                 "\uff13GB", "\u0663 GB"])  # full-width 3, Arabic-Indic 3
 def test_malformed_sizes_are_rejected_with_the_accepted_forms(bad: object) -> None:
     with pytest.raises(UnitError) as err:
         parse_size(bad)  # type: ignore[arg-type]
