@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from html import escape
 
-from pytest_sdmem.report.markdown import environment_line
+from pytest_sdmem.report.markdown import environment_line, incomplete_line
 from pytest_sdmem.report.table import (
     COLUMNS,
     Bar,
@@ -101,12 +101,22 @@ def html_table(columns: tuple[str, ...], rows: Iterable[Row]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _environment_value(value: object) -> str:
+    """A nested entry (the GPU's NVML record, the session baseline) as "key: value" pairs,
+    not a Python dict's repr."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
 def render_html(results: RunResults, title: str = "pytest-sdmem results") -> str:
     """The whole page as a string (UTF-8 when written)."""
     records = results.results
     failed = sum(r.outcome == "failed" for r in records)
+    line = incomplete_line(results)
+    incomplete = f"<p><strong>{_e(line)}</strong></p>\n" if line else ""
     environment = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+        f"<tr><th>{_e(k)}</th><td>{_e(_environment_value(v))}</td></tr>"
         for k, v in results.environment.items()
         if v is not None
     )
@@ -121,7 +131,7 @@ def render_html(results: RunResults, title: str = "pytest-sdmem results") -> str
 <body>
 <h1>{_e(title)}</h1>
 <p class="meta">{_e(environment_line(results.environment))}</p>
-<p>{len(records)} measured tests, {failed} failed.</p>
+{incomplete}<p>{len(records)} measured tests, {failed} failed.</p>
 <h2>Peak memory</h2>
 {bar_chart_svg("Peak memory", memory_bars(records), format_size)}
 <p class="meta">Each bar is the peak its budget is judged on (allocated memory unless the budget

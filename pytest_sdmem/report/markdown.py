@@ -56,10 +56,21 @@ def environment_line(environment: dict[str, object]) -> str:
     return " · ".join(parts)
 
 
+def incomplete_line(results: RunResults) -> str | None:
+    """What every report says first about a session that did not run to its end (its
+    ``--sdmem-json`` file is written anyway): the tests it did not reach have no figures."""
+    if results.complete:
+        return None
+    reason = results.incomplete_reason or "no reason recorded"
+    return f"Incomplete run ({reason}): tests it did not reach have no figures here."
+
+
 def render_markdown(results: RunResults, title: str = "pytest-sdmem results") -> str:
     """A heading, the environment line, and the table (or a note that nothing was measured)."""
     environment = escape_cell(environment_line(results.environment))
     lines = [f"### {escape_cell(title)}", "", environment, ""]
+    if (incomplete := incomplete_line(results)) is not None:
+        lines += [f"**{escape_cell(incomplete)}**", ""]
     if results.results:
         lines += markdown_table(COLUMNS, table_rows(results.results))
     else:

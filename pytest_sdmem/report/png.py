@@ -41,7 +41,7 @@ def render_png(results: RunResults, title: str = "pytest-sdmem results") -> byte
     # Object-oriented API on an Agg canvas: no pyplot global state, no display needed.
     fig = Figure(figsize=(11, 1.5 + 0.35 * rows + 0.8 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)
-    fig.suptitle(title)
+    fig.suptitle(title if results.complete else f"{title} (incomplete run)")
     if not panels:
         fig.text(0.5, 0.5, "No memory or latency figures in these results.", ha="center")
     else:

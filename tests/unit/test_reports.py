@@ -247,3 +247,23 @@ def test_png_labels_name_the_budget_beside_its_line(
     monkeypatch.setattr(Axes, "annotate", annotate)
     render_png(sample_run())
     assert "2.40 GB (budget 3.00 GB)" in texts
+
+
+def test_reports_of_an_incomplete_run_say_so_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A session stopped early still writes its results file: every report of it says so, or a
+    reader would take the missing tests for tests that were never there."""
+    run = sample_run()
+    run.complete, run.incomplete_reason = False, "interrupted: KeyboardInterrupt"
+    run.environment["gpu"] = {"name": "NVIDIA H200", "driver": "580.1", "mig": None}
+    path = run.write(tmp_path / "run.json")
+    said = "Incomplete run (interrupted: KeyboardInterrupt)"
+    assert said in render_markdown(run)
+    page = render_html(run)
+    assert said in page
+    assert "name: NVIDIA H200, driver: 580.1" in page and "{&#x27;name" not in page
+    assert main(["report", str(path), "--format", "md"]) == 0
+    assert said in capsys.readouterr().out
+    complete = sample_run()
+    assert "Incomplete" not in render_markdown(complete) + render_html(complete)
