@@ -30,7 +30,7 @@ from pytest_sdmem.estimate import estimate_generation
 from pytest_sdmem.estimate.blas import blas_workspaces
 from pytest_sdmem.estimate.convolution import cudnn_workspace
 from pytest_sdmem.estimate.gpus import Gpu, gpu_for
-from pytest_sdmem.runner import GenerationArgs
+from pytest_sdmem.generation import GenerationArgs
 from pytest_sdmem.units import format_size
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

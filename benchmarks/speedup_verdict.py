@@ -61,7 +61,8 @@ from pathlib import Path
 
 import torch
 
-from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
+from pytest_sdmem.generation import GenerationArgs
+from pytest_sdmem.runner import make_sd_pipe
 from pytest_sdmem.stats import DEFAULT_PLAN, SpeedupResult
 from pytest_sdmem.timing import TimeBudgetTooShort, measure_speedup, synchronizer
 from pytest_sdmem.units import format_duration
@@ -77,7 +78,8 @@ BENCH_TEST = """
 import pytest
 import torch
 
-from pytest_sdmem.runner import GenerationArgs, make_sd_pipe
+from pytest_sdmem.generation import GenerationArgs
+from pytest_sdmem.runner import make_sd_pipe
 
 torch.set_num_threads({threads})
 

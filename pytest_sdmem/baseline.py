@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from pytest_sdmem.report.markdown import escape_cell, markdown_table
-from pytest_sdmem.report.table import Row, render_text
 from pytest_sdmem.results import ResultsError, RunResults, TestRecord
+from pytest_sdmem.tables import Row, escape_cell, markdown_table, text_table
 from pytest_sdmem.timing import BREAKDOWN_FIGURES
 from pytest_sdmem.tolerances import (
     DEFAULT_TOLERANCES,
@@ -237,7 +236,7 @@ class Comparison:
 
     def render_text(self, width: int | None = None) -> str:
         """The comparison as terminal text, its table at most ``width`` characters wide."""
-        lines = (render_text([d.row() for d in self.deltas], DELTA_COLUMNS, width)
+        lines = (text_table([d.row() for d in self.deltas], DELTA_COLUMNS, width)
                  if self.deltas else ["no figures compared"])
         for title, items in self._sections():
             lines += ["", f"{title}:", *(f"  {item}" for item in items)]

@@ -42,10 +42,10 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     ``@pytest.mark.sd_technique("fp16+vae_slicing")``; the default is ``none``.
     """
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
+    from pytest_sdmem.generation import GenerationArgs
     from pytest_sdmem.pipelines import ModelError
     from pytest_sdmem.runner import (
         EstimatedSdPipe,
-        GenerationArgs,
         UnmetRequirementError,
         make_sd_pipe,
     )

@@ -14,8 +14,8 @@ from typing import Any
 
 from pytest_sdmem.budgets import Overhead
 from pytest_sdmem.estimate.peak import PeakPlace
+from pytest_sdmem.generation import GenerationArgs
 from pytest_sdmem.memory.tracker import MemoryReport
-from pytest_sdmem.runner import GenerationArgs
 from pytest_sdmem.units import format_duration, format_size
 
 #: ``MemoryReport.device`` of an estimate.

@@ -59,8 +59,8 @@ from pytest_sdmem.estimate.placement import (
     SequentialOffload,
 )
 from pytest_sdmem.estimate.report import EstimateReport
+from pytest_sdmem.generation import GenerationArgs, use_scheduler
 from pytest_sdmem.pipelines import build_pipeline
-from pytest_sdmem.runner import GenerationArgs, use_scheduler
 from pytest_sdmem.techniques import (
     Stage,
     TechniqueError,

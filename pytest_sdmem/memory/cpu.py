@@ -25,7 +25,7 @@ the meta device without allocating it (the estimator relies on that).
 
 For memory snapshots the counter can also *record* (``start_recording``): each storage it
 counts from then on keeps the Python frames that made it, and the storages alive at the peak
-are followed (``snapshot.PeakLiveSet``). Without recording none of that runs: all it adds to
+are followed (``frames.PeakLiveSet``). Without recording none of that runs: all it adds to
 the counting path is a check or two for ``None`` per new storage and one per free.
 """
 
@@ -44,7 +44,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 from pytest_sdmem.memory import threads
-from pytest_sdmem.memory.snapshot import (
+from pytest_sdmem.memory.frames import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_TOP,
     Allocation,

@@ -14,13 +14,12 @@ from pytest_sdmem.report.markdown import environment_line, incomplete_line
 from pytest_sdmem.report.table import (
     COLUMNS,
     Bar,
-    Row,
     latency_bars,
     memory_bars,
-    short_label,
     table_rows,
 )
 from pytest_sdmem.results import RunResults
+from pytest_sdmem.tables import Row, short_label
 from pytest_sdmem.units import format_duration, format_size
 
 _CSS = """

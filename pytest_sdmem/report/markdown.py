@@ -6,38 +6,10 @@ a PR comment is the string the test log printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from pytest_sdmem.report.table import COLUMNS, Row, table_rows
+from pytest_sdmem.report.table import COLUMNS, table_rows
 from pytest_sdmem.results import RunResults
+from pytest_sdmem.tables import escape_cell, markdown_table
 from pytest_sdmem.units import UnitError, check_number, format_size
-
-
-def escape_cell(text: str) -> str:
-    """Make ``text`` one inert table cell.
-
-    A ``|`` would split the cell, a newline would end the table, and GitHub renders (then
-    sanitises away) anything that looks like an HTML tag, so ``test[<lambda>]`` would lose its id;
-    ``&`` is escaped too, so that an id containing ``&lt;`` is shown as written.
-    """
-    return (
-        text.replace("\\", "\\\\")
-        .replace("&", "&amp;")
-        .replace("|", "\\|")
-        .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace("\r", " ")
-        .replace("\n", " ")
-    )
-
-
-def markdown_table(columns: tuple[str, ...], rows: Iterable[Row]) -> list[str]:
-    """Lines of a GFM table: header, separator, one line per row."""
-
-    def line(cells: Iterable[str]) -> str:
-        return "| " + " | ".join(escape_cell(c) for c in cells) + " |"
-
-    return [line(columns), "|" + "---|" * len(columns), *(line(r.cells) for r in rows)]
 
 
 def environment_line(environment: dict[str, object]) -> str:

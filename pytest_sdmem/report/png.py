@@ -10,8 +10,9 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from pytest_sdmem.report.table import Bar, latency_bars, memory_bars, short_label
+from pytest_sdmem.report.table import Bar, latency_bars, memory_bars
 from pytest_sdmem.results import RunResults
+from pytest_sdmem.tables import short_label
 from pytest_sdmem.units import format_duration, format_size
 
 

@@ -6,12 +6,12 @@ job summary are the same strings they read in the terminal.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from pytest_sdmem.results import TestRecord
+from pytest_sdmem.tables import Row, text_table
 from pytest_sdmem.units import format_duration, format_size
 
 COLUMNS = (
@@ -26,14 +26,6 @@ COLUMNS = (
     "budget",
     "verdict",
 )
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the table; ``cells`` follow ``COLUMNS``."""
-
-    cells: tuple[str, ...]
-    failed: bool
 
 
 def _duration_cell(seconds: float | None) -> str:
@@ -105,56 +97,9 @@ def table_rows(records: Iterable[TestRecord]) -> list[Row]:
 
 def render_text(rows: list[Row], columns: tuple[str, ...] = COLUMNS,
                 width: int | None = None) -> list[str]:
-    """Plain aligned text lines (terminal summary), at most ``width`` characters each.
-
-    The first column (the test id) gives way first: it keeps its end, which names the test and
-    its parameters. When the table still does not fit, each row becomes a block: the test on
-    its own line, then its other cells as ``column value`` pairs, wrapped. Nothing is dropped
-    from the JSON, markdown or HTML reports, which are not bound to a terminal.
-    """
-    widths = [len(c) for c in columns]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row.cells, strict=True)]
-    gaps = 2 * (len(columns) - 1)
-    if width is not None and sum(widths) + gaps > width:
-        first = width - gaps - sum(widths[1:])
-        if first < MIN_FIRST_COLUMN:
-            return _render_blocks(rows, columns, width)
-        widths[0] = first
-
-    def line(cells: tuple[str, ...]) -> str:
-        cells = (short_label(cells[0], widths[0]), *cells[1:])
-        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-    return [line(columns), line(tuple("-" * w for w in widths)), *(line(r.cells) for r in rows)]
-
-
-#: Below this the test id column says too little; the table is laid out as blocks instead.
-MIN_FIRST_COLUMN = 32
-
-
-def _render_blocks(rows: list[Row], columns: tuple[str, ...], width: int) -> list[str]:
-    """One block per row for a terminal too narrow for the columns side by side."""
-    lines: list[str] = []
-    for row in rows:
-        lines.append(short_label(row.cells[0], width))
-        pairs = [f"{name} {cell}" for name, cell in zip(columns[1:], row.cells[1:], strict=True)
-                 if cell != "-"]
-        line = ""
-        for pair in pairs:  # a pair is split across lines only when it is wider than a line
-            if line and len(line) + 3 + len(pair) <= width:
-                line += ";  " + pair
-                continue
-            if line:
-                lines.append(line)
-            *whole, line = textwrap.wrap(pair, width, initial_indent=INDENT,
-                                         subsequent_indent=INDENT, break_on_hyphens=False)
-            lines += whole
-        if line:
-            lines.append(line)
-    return lines
-
-
-INDENT = "    "
+    """The run's table as plain aligned lines for the terminal summary (``text_table`` with the
+    run's columns), at most ``width`` characters each."""
+    return text_table(rows, columns, width)
 
 
 # The memory figure a budget's ``metric`` is judged on, so a chart draws the bar the budget
@@ -177,12 +122,6 @@ class Bar:
     @property
     def over(self) -> bool:
         return self.limit is not None and self.value > self.limit
-
-
-def short_label(label: str, chars: int = 56) -> str:
-    """Keep the end of a long chart label: the test name and its parameters say more than the
-    directory it lives in."""
-    return label if len(label) <= chars else "…" + label[-(chars - 1):]
 
 
 def _bar_label(record: TestRecord) -> str:

@@ -20,8 +20,8 @@ from pytest_sdmem.estimate import (
 )
 from pytest_sdmem.estimate.allocator import round_size
 from pytest_sdmem.estimate.placement import apply_order
+from pytest_sdmem.generation import GenerationArgs
 from pytest_sdmem.pipelines import ModelError, build_pipeline
-from pytest_sdmem.runner import GenerationArgs
 from pytest_sdmem.techniques import REGISTRY, TechniqueSet, parse_technique
 
 TINY_ARGS = GenerationArgs(num_inference_steps=2, height=64, width=64)

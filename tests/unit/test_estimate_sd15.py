@@ -19,8 +19,8 @@ import pytest
 
 from pytest_sdmem.budgets import load_budgets
 from pytest_sdmem.estimate import EstimateReport, estimate_generation
+from pytest_sdmem.generation import GenerationArgs
 from pytest_sdmem.memory.host import METHOD_RESET, HostRssMeter
-from pytest_sdmem.runner import GenerationArgs
 
 ARGS = GenerationArgs(num_inference_steps=2)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from pytest_sdmem.generation import GenerationArgs
 from pytest_sdmem.pipelines import DEFAULT_PROMPT, ensure_cached
 from pytest_sdmem.report.table import COLUMNS, table_rows
 from pytest_sdmem.results import RunResults, TestRecord
 from pytest_sdmem.runner import (
-    GenerationArgs,
     ImageDiff,
     SdPipe,
     UnmetRequirementError,

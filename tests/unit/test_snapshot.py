@@ -13,10 +13,9 @@ import torch
 
 from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend
 from pytest_sdmem.memory import cpu as cpu_module
+from pytest_sdmem.memory.frames import MEMORY_VIZ_URL, FrameFilter
 from pytest_sdmem.memory.snapshot import (
-    MEMORY_VIZ_URL,
     CudaSnapshotRecorder,
-    FrameFilter,
     SnapshotRecorder,
     parse_cuda_snapshot,
     snapshot_file_name,
