@@ -291,7 +291,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         tracker.start()
     except TrackerError as exc:  # it cannot measure here (a thread the CPU counter cannot see)
-        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
+        pytest.fail(str(exc), pytrace=False)  # the report names the test already
     if settings.snapshot_dir is not None and state.max_vram is not None:
         from pytest_sdmem.memory.snapshot import SnapshotRecorder
 
@@ -805,7 +805,7 @@ class SessionHooks:
                 f"recorded with --sdmem-save (e.g. on main: pytest ... --sdmem-save {path})")
 
         try:
-            gate = Gate.load(self.settings.compare_path, self.settings.tolerance,
+            gate = Gate.load(path, self.settings.tolerance,
                              self.environment)
         except (BaselineError, ToleranceError) as exc:
             raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
@@ -827,12 +827,6 @@ class SessionHooks:
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         """Ctrl-C, or ``pytest.exit()`` (which may even exit 0): the session did not end."""
         self.interrupted = excinfo.exconly().strip()
-
-    def _run(self, complete: bool = True, incomplete_reason: str | None = None) -> RunResults:
-        from pytest_sdmem.results import RunResults
-
-        return RunResults(environment=self.environment, results=self.collector.records,
-                          complete=complete, incomplete_reason=incomplete_reason)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
@@ -875,7 +869,10 @@ class SessionHooks:
                          collect_errors=self.collect_errors, interrupted=self.interrupted,
                          stopped=str(session.shouldfail or session.shouldstop or "") or None)
         reason = end.incomplete_reason()
-        run = self._run(complete=reason is None, incomplete_reason=reason)
+        from pytest_sdmem.results import RunResults
+
+        run = RunResults(environment=self.environment, results=self.collector.records,
+                         complete=reason is None, incomplete_reason=reason)
         self.end_lines = write_outputs(run, self.settings.json_path, self.settings.save_path)
         if summary and run.results:
             try:
