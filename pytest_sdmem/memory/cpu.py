@@ -10,7 +10,7 @@ counted from the tensors themselves, exact to the byte:
   known is added, a view of a known storage adds nothing, a storage whose ``nbytes`` changed
   (``resize_``, ``out=``) is updated. Dispatch modes are per thread: the mode is pushed in the
   activating thread, and for the backend's counter (``all_threads``) in every thread that
-  ``threads`` entered: each thread started after this package was imported (and torch was)
+  ``threads`` entered: each thread started after the first all-threads counter was created
   runs one for its whole life, doing nothing while no counter is active. An older thread
   cannot be entered, so activating while one is alive is an error naming it rather than a
   figure that silently misses its tensors;
@@ -283,6 +283,8 @@ class StorageCounter:
         self._mode: _CountingMode | None = None
         self._mode_thread: int | None = None
         self.all_threads = all_threads
+        if all_threads:
+            threads.enable()  # threads started from now on run the counting mode
         self._recording: _Recording | None = None
         # Reentrant: a free callback can run in the middle of our own bookkeeping when an
         # allocation there triggers a garbage collection that frees a tensor in this thread.

@@ -2,10 +2,13 @@
 
 torch dispatch modes are per thread, and Python runs code in a new thread before its target
 only through ``threading.setprofile``. So the hook is installed when this package is imported
-(the plugin imports it when pytest loads it, before any conftest), and kept for the process:
-each thread started after that, once torch is imported, gets a lifelong counting mode (see
-``cpu.enter_thread``; it does nothing while no counter is active). This module does not
-import torch: pytest loads the plugin in every run.
+(the plugin imports it when pytest loads it, before any conftest), and kept for the process.
+It enters threads only once ``enable`` was called, which the CPU memory backend does when it
+is created (the setup of the first test that measures on the CPU or estimates, or a user's
+``get_backend("cpu")``): from then on each new thread gets a lifelong counting mode (see
+``cpu.enter_thread``; it does nothing while no counter is active). Until then a thread costs
+one profile event and nothing more, so a pytest run that measures nothing pays no dispatch
+mode in its threads. This module does not import torch: pytest loads the plugin in every run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ ENTERED: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 _lock = threading.Lock()
 _installed = False
+_enabled = False
 _previous: Any = None
 
 
@@ -34,14 +38,19 @@ def install() -> None:
         _installed = True
 
 
+def enable() -> None:
+    """Enter every thread started from now on (the CPU backend calls this when created)."""
+    global _enabled
+    _enabled = True
+
+
 def _on_start(frame: Any, event: str, arg: Any) -> None:
-    """threading's profile hook, run at a new thread's first event: enters the thread, then
-    hands it back to the profile hook set before ours (normally none), so it costs nothing
-    after this first event. A thread started before torch is imported has no tensors yet and
-    is not entered (importing torch here would slow every thread down)."""
+    """threading's profile hook, run at a new thread's first event: enters the thread once
+    ``enable`` was called, then hands it back to the profile hook set before ours (normally
+    none), so it costs nothing after this first event."""
     sys.setprofile(_previous)
-    if "torch" in sys.modules:
-        from pytest_sdmem.memory.cpu import enter_thread
+    if _enabled:
+        from pytest_sdmem.memory.cpu import enter_thread  # imported already: it enabled us
 
         enter_thread()
         ENTERED.add(threading.current_thread())

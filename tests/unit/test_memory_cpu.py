@@ -188,3 +188,33 @@ def test_get_backend_rejects_unknown_devices_with_the_accepted_forms(device: str
 def test_cuda_backend_without_cuda_says_why() -> None:
     with pytest.raises(TrackerError, match=r"cannot measure cuda:0: torch.cuda.is_available"):
         get_backend("cuda")
+
+
+def test_threads_are_entered_only_once_a_cpu_backend_exists() -> None:
+    """A process that imports the plugin (and torch) but never counts on the CPU puts no
+    dispatch mode in its threads; creating the CPU backend enters every thread started later.
+    In a fresh interpreter: this one created its backends long ago."""
+    import subprocess
+    import sys
+    import textwrap
+
+    probe = textwrap.dedent("""
+        import threading
+        import torch
+        from pytest_sdmem.memory import get_backend, threads
+
+        def started_thread():
+            seen = []
+            t = threading.Thread(target=lambda: seen.append(threading.current_thread()))
+            t.start()
+            t.join()
+            return seen[0] in threads.ENTERED
+
+        before = started_thread()
+        get_backend("cpu")
+        print(before, started_thread())
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
