@@ -16,6 +16,7 @@ from pytest_sdmem.base.units import format_duration, format_size
 from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.estimate.peak import PeakPlace
 from pytest_sdmem.measuring.memory.tracker import MemoryReport
+from pytest_sdmem.measuring.metrics import METRICS
 
 #: ``MemoryReport.device`` of an estimate.
 ESTIMATED_DEVICE = "cuda (estimated)"
@@ -56,11 +57,14 @@ class Overhead:
     calibrated: str
 
     def for_metric(self, metric: str) -> int | None:
-        """The bytes to add to the estimated reserved memory for ``metric``; None: unknown.
-        Zero for "allocated": that figure is the estimate's own."""
-        if metric == "allocated":
+        """The bytes to add to the estimated reserved memory for the metric named ``metric``
+        (the table's ``overhead`` figure); None: unknown. Zero for a metric without one
+        ("allocated"): that figure is the estimate's own."""
+        figure = METRICS[metric].overhead
+        if figure is None:
             return 0
-        return {"reserved": self.reserved, "process": self.process}[metric]
+        value: int | None = getattr(self, figure)
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         return {"device_name": self.device_name, "reserved_bytes": self.reserved,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from pytest_sdmem.base.tables import Row, escape_cell, markdown_table, text_table
-from pytest_sdmem.base.units import UnitError, check_number
 from pytest_sdmem.gate.results import ResultsError, RunResults, TestRecord
+from pytest_sdmem.gate.sections import GenerationSection
 from pytest_sdmem.gate.tolerances import (
     DEFAULT_TOLERANCES,
     FORMATTERS,
@@ -26,6 +26,7 @@ from pytest_sdmem.gate.tolerances import (
     Tolerances,
     format_change,
 )
+from pytest_sdmem.measuring.metrics import ALLOCATED, RESERVED, Metric
 from pytest_sdmem.measuring.timing import BREAKDOWN_FIGURES
 
 Status = Literal["regression", "improvement", "unchanged"]
@@ -71,12 +72,17 @@ def record_key(record: TestRecord) -> RecordKey:
     return RecordKey(record.nodeid, record.model, record.technique)
 
 
-def _number(section: dict[str, Any] | None, name: str) -> float | None:
-    """The finite number under ``name``, or None (absent, not a number, infinite, NaN)."""
-    try:
-        return check_number((section or {}).get(name), name)
-    except UnitError:
-        return None
+def _number(value: float | None) -> float | None:
+    """A figure of a record (checked finite when the file was read) as the float compared."""
+    return None if value is None else float(value)
+
+
+def _memory(metric: Metric) -> Callable[[TestRecord], float | None]:
+    return lambda r: _number(metric.value(r.memory)) if r.memory else None
+
+
+def _latency(name: str) -> Callable[[TestRecord], float | None]:
+    return lambda r: _number(r.latency.figure(name)) if r.latency else None
 
 
 @dataclass(frozen=True)
@@ -90,14 +96,12 @@ class _Figure:
 
 
 FIGURES = (
-    _Figure("peak_allocated", "vram", True, lambda r: _number(r.memory, "peak_allocated_bytes")),
-    _Figure("peak_reserved", "vram", True, lambda r: _number(r.memory, "peak_reserved_bytes")),
-    _Figure("latency", "latency", True, lambda r: _number(r.latency, "median")),
+    *(_Figure(metric.attribute, "vram", True, _memory(metric)) for metric in (ALLOCATED, RESERVED)),
+    _Figure("latency", "latency", True, _latency("median")),
     # The breakdown of sd_pipe.latency(): each part, like the whole, is worse when slower.
-    *(_Figure(name, "latency", True, lambda r, name=name: _number(r.latency, name))
-      for name in BREAKDOWN_FIGURES),
+    *(_Figure(name, "latency", True, _latency(name)) for name in BREAKDOWN_FIGURES),
     # A lower speed-up is the regression: the technique buys less than it did.
-    _Figure("speedup", "speedup", False, lambda r: _number(r.speedup, "ratio")),
+    _Figure("speedup", "speedup", False, lambda r: _number(r.speedup.ratio) if r.speedup else None),
 )
 
 
@@ -283,22 +287,25 @@ def _unlike(base: TestRecord, base_env: dict[str, Any], head: TestRecord,
             f"baseline measured on {_device_label(base_name)}, this run on "
             f"{_device_label(head_name)} (figures are never compared across cards)"
         )
-    if base.estimated != head.estimated:
-        which = "baseline" if base.estimated else "this run"
+    if base.is_estimate != head.is_estimate:
+        which = "baseline" if base.is_estimate else "this run"
         return f"the {which}'s figures are estimates, the other's are measured"
     return _generation_difference(base.generation, head.generation)
 
 
-def _generation_difference(base: dict[str, Any] | None,
-                           head: dict[str, Any] | None) -> str | None:
+def _generation_difference(base_section: GenerationSection | None,
+                           head_section: GenerationSection | None) -> str | None:
     """How two records' generation settings differ (None: alike). A record without them from
     a file written before they were recorded cannot be shown to be alike: not comparable."""
-    if base == head:
-        return None
-    if base is None or head is None:
-        which = "the baseline" if base is None else "this run"
+    if base_section is None or head_section is None:
+        if base_section is head_section:
+            return None
+        which = "the baseline" if base_section is None else "this run"
         return (f"{which} does not record the generation settings (written by an older "
                 "pytest-sdmem): save a new baseline")
+    base, head = base_section.to_dict(), head_section.to_dict()
+    if base == head:
+        return None
     names = [*GENERATION_ORDER, *sorted((set(base) | set(head)) - set(GENERATION_ORDER))]
     diff = [n for n in names if base.get(n) != head.get(n)]
     return ("generated differently: "
@@ -406,9 +413,9 @@ def environment_differences(base_env: dict[str, Any], head_env: dict[str, Any]) 
 def load_results(path: str | os.PathLike[str], what: str = "results file") -> RunResults:
     """Read a results file for comparing or reporting; any problem is a :class:`BaselineError`.
 
-    ``RunResults.read`` checks the envelope; this also checks the record fields the comparison
-    and the reports read, so a hand-edited or foreign file fails here with its name rather than
-    deep inside a report with a ``TypeError``. The file is only ever read.
+    ``RunResults.read`` checks the envelope and the record fields the comparison and the
+    reports read, so a hand-edited or foreign file fails here with its name rather than deep
+    inside a report with a ``TypeError``. The file is only ever read.
     """
     try:
         run = RunResults.read(path)
@@ -418,9 +425,6 @@ def load_results(path: str | os.PathLike[str], what: str = "results file") -> Ru
         raise BaselineError(
             f"{what} {os.fspath(path)}: not a pytest-sdmem results file ({exc})"
         ) from exc
-    problem = _record_problem(run)
-    if problem:
-        raise BaselineError(f"{what} {os.fspath(path)}: {problem}")
     return run
 
 
@@ -433,73 +437,3 @@ def load_baseline(path: str | os.PathLike[str]) -> RunResults:
         raise BaselineError(f"baseline {os.fspath(path)} is the results file of a session that "
                             f"did not complete ({run.incomplete_reason}): not a baseline")
     return run
-
-
-# Per record section: the fields the comparison and the reports read, and whether each must be
-# present when the section is. Anything else in a section is carried along unread.
-_SECTION_NUMBERS: dict[str, dict[str, bool]] = {
-    "memory": {"peak_allocated_bytes": False, "peak_reserved_bytes": False,
-               "process_peak_bytes": False},
-    "budget": {"max_vram_bytes": True},
-    "latency": {"median": False, **dict.fromkeys(BREAKDOWN_FIGURES, False)},
-    # No interval (both null) is a first-class result: a measurement that stopped inconclusive
-    # before it had the pairs for one; a single bound is a broken file.
-    "speedup": {"ratio": True, "ci_low": False, "ci_high": False},
-}
-
-
-def _estimate_problem(record: TestRecord) -> str | None:
-    """What is wrong with a record's estimate fields (read by the table and the calibration)."""
-    if not isinstance(record.estimated, bool):
-        return "estimated is not true or false"
-    if record.estimate is None:
-        return None
-    if not isinstance(record.estimate, dict):
-        return "estimate is not an object"
-    overhead = record.estimate.get("overhead")
-    if overhead is None:
-        return None
-    if not isinstance(overhead, dict):
-        return "estimate.overhead is not an object"
-    for key in ("reserved_bytes", "process_bytes"):
-        value = _number(overhead, key)
-        if overhead.get(key) is not None and (value is None or value < 0):
-            return f"estimate.overhead.{key} is not a number of bytes"
-    return None
-
-
-def _record_problem(run: RunResults) -> str | None:
-    """The first record field that the comparison or the reports could not read, if any."""
-    for i, record in enumerate(run.results):
-        where = f"results[{i}]"
-        for name in ("nodeid", "outcome", "device"):
-            if not isinstance(getattr(record, name), str):
-                return f"{where}.{name} is not a string"
-        for name in ("model", "technique", "device_name"):
-            if getattr(record, name) is not None and not isinstance(getattr(record, name), str):
-                return f"{where}.{name} is not a string"
-        for name, fields in _SECTION_NUMBERS.items():
-            section = getattr(record, name)
-            if section is None:
-                continue
-            if not isinstance(section, dict):
-                return f"{where}.{name} is not an object"
-            for key, required in fields.items():
-                value = section.get(key)
-                if (value is None and required) or (
-                    value is not None and _number(section, key) is None
-                ):
-                    return f"{where}.{name}.{key} is not a number"
-        if record.speedup is not None and (
-            (record.speedup.get("ci_low") is None) != (record.speedup.get("ci_high") is None)
-        ):
-            return f"{where}.speedup has one of ci_low and ci_high: give both, or null for both"
-        if (problem := _estimate_problem(record)) is not None:
-            return f"{where}.{problem}"
-        if record.generation is not None and not isinstance(record.generation, dict):
-            return f"{where}.generation is not an object"
-        if not isinstance(record.verdicts, list) or not all(
-            isinstance(v, dict) and isinstance(v.get("kind"), str) for v in record.verdicts
-        ):
-            return f"{where}.verdicts is not a list of objects with a 'kind'"
-    return None

@@ -18,13 +18,7 @@ from pytest_sdmem.base.units import (
     parse_size,
     shown,
 )
-
-METRICS = {
-    "allocated": "peak bytes held by tensors (CUDA: max_memory_allocated)",
-    "reserved": "peak bytes the caching allocator holds from the driver (what must fit the card)",
-    "process": "the process's whole device memory as the driver sees it, CUDA context included "
-    "(NVML; needs nvidia-ml-py)",
-}
+from pytest_sdmem.measuring.metrics import DEFAULT_METRIC, METRICS
 
 MARKERS = {
     "max_vram": "max_vram(limit, *, metric='allocated') or max_vram(budget='KEY'): fail the test "
@@ -60,7 +54,8 @@ BudgetLookup = Callable[[str, str], Any]
 @dataclass(frozen=True)
 class MaxVram:
     limit: int
-    metric: str = "allocated"
+    #: The name of a ``measuring.metrics`` metric.
+    metric: str = DEFAULT_METRIC.name
     budget_key: str | None = None
 
     def describe(self) -> str:
@@ -124,11 +119,11 @@ def parse_max_vram(args: tuple[Any, ...], kwargs: dict[str, Any],
         raise MarkerError(
             f"@pytest.mark.max_vram limit {shown(raw)} is not a size; accepted: {ACCEPTED_SIZES}"
         ) from None
-    metric = kwargs.get("metric", "allocated")
+    metric = kwargs.get("metric", DEFAULT_METRIC.name)
     if metric not in METRICS:
         raise MarkerError(
             f"@pytest.mark.max_vram metric {shown(metric)} is unknown; accepted: "
-            + "; ".join(f"'{k}' ({v})" for k, v in METRICS.items())
+            + "; ".join(f"'{m.name}' ({m.description})" for m in METRICS.values())
         )
     return MaxVram(limit=limit, metric=metric, budget_key=budget_key)
 

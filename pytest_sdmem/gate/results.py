@@ -10,13 +10,26 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from pytest_sdmem.base.atomic import write_atomic
 from pytest_sdmem.base.userfiles import MAX_RESULTS_BYTES, UserFileError, read_user_file
+from pytest_sdmem.gate.sections import (
+    BudgetSection,
+    EstimateSection,
+    GenerationSection,
+    LatencySection,
+    MemorySection,
+    S,
+    Section,
+    SectionError,
+    SnapshotSection,
+    SpeedupSection,
+    VerdictSection,
+)
 
 SCHEMA_VERSION = 1
 
@@ -29,7 +42,11 @@ class ResultsError(ValueError):
 
 @dataclass
 class TestRecord:
-    """Everything measured for one test, in the units of the JSON file (bytes, seconds)."""
+    """Everything measured for one test, in the units of the JSON file (bytes, seconds).
+
+    The fields are written under their own names, except ``is_estimate`` ("estimated") and
+    ``estimate_details`` ("estimate"), whose JSON keys predate the names.
+    """
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -39,28 +56,74 @@ class TestRecord:
     device_name: str = ""
     model: str | None = None
     technique: str | None = None
-    memory: dict[str, Any] | None = None
-    budget: dict[str, Any] | None = None
-    latency: dict[str, Any] | None = None
-    speedup: dict[str, Any] | None = None
-    verdicts: list[dict[str, Any]] = field(default_factory=list)
-    estimated: bool = False
-    estimate: dict[str, Any] | None = None
+    memory: MemorySection | None = None
+    budget: BudgetSection | None = None
+    latency: LatencySection | None = None
+    speedup: SpeedupSection | None = None
+    verdicts: list[VerdictSection] = field(default_factory=list)
+    #: Whether the figures are an estimate (``--sdmem-estimate``), not a measurement.
+    is_estimate: bool = False
+    #: How the estimate was made; None for a measured test.
+    estimate_details: EstimateSection | None = None
     duration_s: float | None = None
     leak_bytes: int | None = None
-    snapshot: dict[str, Any] | None = None
-    #: The settings of the test's last sd_pipe generation that change its figures (see
-    #: ``runner.generation_settings``); None for a test without sd_pipe. Figures of different
-    #: generations are never compared.
-    generation: dict[str, Any] | None = None
+    snapshot: SnapshotSection | None = None
+    #: None for a test without sd_pipe. Figures of different generations are never compared.
+    generation: GenerationSection | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = {_JSON_KEYS.get(f.name, f.name): getattr(self, f.name) for f in fields(self)}
+        values["verdicts"] = [v.to_dict() for v in self.verdicts]
+        return {k: v.to_dict() if isinstance(v, Section) else v for k, v in values.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TestRecord:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The record of a JSON object; a ``SectionError`` names the first field that the
+        comparison or the reports could not read. Keys this version does not know are left out.
+        """
+        for name in ("nodeid", "outcome", "device"):
+            if name in data and not isinstance(data[name], str):
+                raise SectionError(f"{name} is not a string")
+        for name in ("model", "technique", "device_name"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise SectionError(f"{name} is not a string")
+        sections = {name: _section(kind, data, name) for name, kind in _FIGURES.items()}
+        estimated = data.get("estimated", False)
+        if not isinstance(estimated, bool):
+            raise SectionError("estimated is not true or false")
+        estimate = _section(EstimateSection, data, "estimate")
+        generation = _section(GenerationSection, data, "generation")
+        snapshot = _section(SnapshotSection, data, "snapshot")
+        verdicts = data.get("verdicts", [])
+        if not isinstance(verdicts, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("kind"), str) for v in verdicts
+        ):
+            raise SectionError("verdicts is not a list of objects with a 'kind'")
+        return cls(
+            **{name: data[name] for name in _PLAIN if name in data},
+            **sections,
+            is_estimate=estimated,
+            estimate_details=estimate,
+            generation=generation,
+            snapshot=snapshot,
+            verdicts=[VerdictSection.from_dict(v, "verdicts") for v in verdicts],
+        )
+
+
+def _section(kind: type[S], data: dict[str, Any], name: str) -> S | None:
+    return None if data.get(name) is None else kind.from_dict(data[name], name)
+
+
+#: The record's fields whose JSON key is not their name.
+_JSON_KEYS = {"is_estimate": "estimated", "estimate_details": "estimate"}
+#: The sections of the figures that are compared and reported, in the order they are checked.
+_FIGURES: dict[str, type[Section]] = {
+    "memory": MemorySection, "budget": BudgetSection, "latency": LatencySection,
+    "speedup": SpeedupSection,
+}
+#: The record's fields that are plain JSON values.
+_PLAIN = ("nodeid", "outcome", "device", "device_name", "model", "technique", "duration_s",
+          "leak_bytes")
 
 
 def _version(dist: str) -> str | None:
@@ -167,9 +230,16 @@ class RunResults:
         complete = data.get("complete", True)
         if not isinstance(complete, bool):
             raise ResultsError(f"{path}: 'complete' must be true or false")
+        environment = dict(data.get("environment") or {})
+        records = []
+        for i, record in enumerate(data["results"]):
+            try:
+                records.append(TestRecord.from_dict(record))
+            except SectionError as exc:
+                raise ResultsError(f"{path}: results[{i}].{exc}") from None
         return cls(
-            environment=dict(data.get("environment") or {}),
-            results=[TestRecord.from_dict(r) for r in data["results"]],
+            environment=environment,
+            results=records,
             complete=complete,
             incomplete_reason=None if complete else str(data.get("incomplete_reason")),
         )

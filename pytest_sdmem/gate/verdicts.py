@@ -14,6 +14,7 @@ from pytest_sdmem.base.units import format_size
 from pytest_sdmem.gate.baseline import MetricDelta
 from pytest_sdmem.gate.markers import MaxVram
 from pytest_sdmem.measuring.memory import MemoryReport
+from pytest_sdmem.measuring.metrics import METRICS
 from pytest_sdmem.measuring.stats import SpeedupResult
 
 
@@ -49,12 +50,8 @@ def _device_label(report: MemoryReport) -> str:
 
 
 def metric_value(report: MemoryReport, metric: str) -> int | None:
-    """The figure of ``report`` that a ``max_vram`` metric is about."""
-    return {
-        "allocated": report.peak_allocated,
-        "reserved": report.peak_reserved,
-        "process": report.process_peak,
-    }[metric]
+    """The figure of ``report`` that a ``max_vram`` metric (by name) is about."""
+    return METRICS[metric].value(report)
 
 
 @dataclass

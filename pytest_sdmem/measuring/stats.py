@@ -33,7 +33,9 @@ from typing import Any, Literal
 
 from pytest_sdmem.base.units import format_duration
 
-Verdict = Literal["pass", "fail", "inconclusive"]
+#: What one look at the pairs decides about a speed-up claim (the gate's verdict objects, in
+#: ``gate/verdicts.py``, render it).
+Decision = Literal["pass", "fail", "inconclusive"]
 StopReason = Literal["verdict", "max_time", "max_pairs"]
 
 
@@ -236,7 +238,7 @@ class Look:
     ``estimate`` the median). ``level`` is the interval's two-sided coverage at this one look.
     """
 
-    verdict: Verdict
+    verdict: Decision
     method: Method
     estimate: float
     ci_low: float | None
@@ -245,7 +247,7 @@ class Look:
     heavy_tailed: bool
 
 
-def _verdict(low: float, high: float, factor: float) -> Verdict:
+def _verdict(low: float, high: float, factor: float) -> Decision:
     return "pass" if low >= factor else "fail" if high < factor else "inconclusive"
 
 
@@ -408,7 +410,7 @@ class SpeedupResult:
     ci_low: float | None
     ci_high: float | None
     pairs: int
-    verdict: Verdict
+    verdict: Decision
     method: Method
     heavy_tailed: bool
     stop_reason: StopReason
