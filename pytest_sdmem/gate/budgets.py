@@ -42,12 +42,10 @@ from typing import Any, Literal
 from pytest_sdmem.base.units import ACCEPTED_SIZES, UnitError, check_number, parse_size, shown
 from pytest_sdmem.base.userfiles import MAX_BUDGETS_BYTES, UserFileError, read_user_file
 from pytest_sdmem.estimate.report import Overhead
+from pytest_sdmem.measuring.metrics import OVERHEAD_FIGURES
 
 DEFAULT_TABLE = "default"
 OVERHEAD_TABLE = "overhead"
-
-#: The metrics of ``max_vram`` an overhead applies to; "allocated" is the estimate itself.
-OVERHEAD_METRICS = ("reserved", "process")
 
 Kind = Literal["size", "factor"]
 
@@ -145,7 +143,7 @@ def _parse_overheads(path: Path, raw: Any) -> dict[str, Overhead]:
     overheads = {}
     for device, table in raw.items():
         where = f"budgets file {path} [{OVERHEAD_TABLE}.{device!r}]"
-        unknown = sorted(set(table) - {*OVERHEAD_METRICS, "calibrated"})
+        unknown = sorted(set(table) - {*OVERHEAD_FIGURES, "calibrated"})
         if unknown:
             raise BudgetError(f"{where} key(s) {', '.join(map(repr, unknown))} unknown; "
                               "accepted: reserved, process (sizes) and calibrated (a string)")
@@ -153,11 +151,11 @@ def _parse_overheads(path: Path, raw: Any) -> dict[str, Overhead]:
         if not isinstance(calibrated, str) or not calibrated.strip():
             raise BudgetError(f"{where} has no 'calibrated' string: say which GPU run the "
                               "figures come from (sdmem calibrate writes it)")
-        if not any(metric in table for metric in OVERHEAD_METRICS):
+        if not any(figure in table for figure in OVERHEAD_FIGURES):
             raise BudgetError(f"{where} gives neither 'reserved' nor 'process'")
-        sizes = {metric: _parse_overhead_size(f"{where} key {metric!r}", table[metric])
-                 if metric in table else None for metric in OVERHEAD_METRICS}
-        overheads[device] = Overhead(device, sizes["reserved"], sizes["process"], calibrated)
+        sizes = {figure: _parse_overhead_size(f"{where} key {figure!r}", table[figure])
+                 if figure in table else None for figure in OVERHEAD_FIGURES}
+        overheads[device] = Overhead(device, **sizes, calibrated=calibrated)
     return overheads
 
 

@@ -26,13 +26,10 @@ from pathlib import Path
 from pytest_sdmem.base.atomic import write_atomic
 from pytest_sdmem.base.units import format_size
 from pytest_sdmem.gate.baseline import load_results
-from pytest_sdmem.gate.budgets import (
-    OVERHEAD_METRICS,
-    BudgetError,
-    parse_budgets,
-    read_budgets_text,
-)
+from pytest_sdmem.gate.budgets import BudgetError, parse_budgets, read_budgets_text
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import MemorySection
+from pytest_sdmem.measuring.metrics import ALLOCATED, METRICS, PROCESS, RESERVED, Metric
 
 #: How far an estimate's allocated figure may be from the measured one for the pair to count.
 AGREEMENT = 0.10
@@ -71,23 +68,26 @@ def _comment(text: str) -> str:
 
 @dataclass(frozen=True)
 class Pair:
-    """One test, measured on the GPU and estimated without it (bytes)."""
+    """One test, measured on the GPU and estimated without it (bytes). ``measured`` has every
+    metric; the allocated and reserved figures are never None, the process one may be."""
 
     nodeid: str
-    measured_allocated: int
-    measured_reserved: int
-    measured_process: int | None
+    measured: dict[Metric, int | None]
     estimated_allocated: int
     estimated_reserved: int
+
+    @property
+    def measured_allocated(self) -> int:
+        return self.measured[ALLOCATED] or 0
 
     @property
     def allocated_error(self) -> float:
         """estimate / measured - 1 of the allocated peak."""
         return self.estimated_allocated / self.measured_allocated - 1
 
-    def excess(self, metric: str) -> int | None:
+    def excess(self, metric: Metric) -> int | None:
         """How far the measured ``metric`` lies above the estimated reserved memory."""
-        measured = self.measured_reserved if metric == "reserved" else self.measured_process
+        measured = self.measured[metric]
         return None if measured is None else measured - self.estimated_reserved
 
 
@@ -101,8 +101,9 @@ class Calibration:
     excluded: list[tuple[str, str]] = field(default_factory=list)
 
     def excesses(self, metric: str) -> list[int]:
-        """Each pair's excess of ``metric`` over the estimated reserved memory, where measured."""
-        return [e for pair in self.pairs if (e := pair.excess(metric)) is not None]
+        """Each pair's excess of the metric named ``metric`` over the estimated reserved memory,
+        where measured."""
+        return [e for pair in self.pairs if (e := pair.excess(METRICS[metric])) is not None]
 
     def overhead(self, metric: str) -> int | None:
         """The largest excess over the pairs, never below zero; None when no pair has the
@@ -122,24 +123,27 @@ class Calibration:
             "process measured",
         ]
         for pair in self.pairs:
-            process = format_size(pair.measured_process) if pair.measured_process else "-"
+            process = pair.measured[PROCESS]
             lines.append(
                 f"#   {_comment(pair.nodeid)}: {format_size(pair.measured_allocated)} / "
                 f"{format_size(pair.estimated_allocated)} ({pair.allocated_error:+.1%}); "
-                f"{format_size(pair.measured_reserved)} / {format_size(pair.estimated_reserved)}"
-                f"; {process}")
+                f"{format_size(pair.measured[RESERVED] or 0)} / "
+                f"{format_size(pair.estimated_reserved)}"
+                f"; {format_size(process) if process else '-'}")
         lines += [f"#   left out: {_comment(nodeid)}: {_comment(why)}"
                   for nodeid, why in self.excluded]
         lines.append(f"[overhead.{_toml_string(self.device_name)}]")
-        for metric in OVERHEAD_METRICS:
-            value = self.overhead(metric)
+        for metric in METRICS.values():
+            if metric.overhead is None:  # the estimate's own figure
+                continue
+            value = self.overhead(metric.name)
             if value is None:
-                lines.append(f"# {metric}: not measured (the GPU run has no process figures: "
-                             "it needs nvidia-ml-py, pip install pytest-sdmem[nvml])")
+                lines.append(f"# {metric.overhead}: not measured (the GPU run has no process "
+                             "figures: it needs nvidia-ml-py, pip install pytest-sdmem[nvml])")
             else:
                 mib = math.ceil(value / _MIB)
-                median = statistics.median(self.excesses(metric))
-                lines.append(f"{metric} = {_toml_string(f'{mib} MiB') if mib else 0}"
+                median = statistics.median(self.excesses(metric.name))
+                lines.append(f"{metric.overhead} = {_toml_string(f'{mib} MiB') if mib else 0}"
                              f"  # median excess {format_size(median)}")
         lines.append(f"calibrated = {_toml_string(f'sdmem calibrate, {self.source}')}")
         return "\n".join(lines) + "\n"
@@ -158,7 +162,8 @@ def _by_nodeid(records: list[TestRecord], what: str) -> dict[str, TestRecord]:
 
 
 def _gpu_device_name(run: RunResults, what: str) -> str:
-    names = {r.device_name for r in run.results if r.device.startswith("cuda") and not r.estimated}
+    names = {r.device_name for r in run.results
+             if r.device.startswith("cuda") and not r.is_estimate}
     if not names:
         raise CalibrationError(f"{what} has no test measured on CUDA: calibrate from a run with "
                                "--gpu --sdmem-json (e.g. scripts/gpu_acceptance.sh)")
@@ -168,27 +173,30 @@ def _gpu_device_name(run: RunResults, what: str) -> str:
     return names.pop()
 
 
+def _whole_bytes(memory: MemorySection | None, metric: Metric) -> int | None:
+    """A memory figure of a record in whole bytes (the file's reading checked it finite)."""
+    value = metric.value(memory) if memory is not None else None
+    return None if value is None else int(value)
+
+
 def _pair(gpu: TestRecord, estimate: TestRecord) -> Pair | str:
     """The pair of two records of one test, or why it cannot be used."""
-    memory, estimated = gpu.memory or {}, estimate.memory or {}
     # The estimate run's memory figures are the highest of the test's generations, as the GPU
     # run's are; an overhead that run already applied comes off again.
-    applied = ((estimate.estimate or {}).get("overhead") or {}).get("reserved_bytes") or 0
+    applied = estimate.estimate_details.applied_reserved if estimate.estimate_details else 0
     if gpu.outcome not in ("passed", "failed"):
         return f"the GPU run's test ended {gpu.outcome!r}"
-    if memory.get("num_ooms"):
+    if gpu.memory is not None and gpu.memory.num_ooms:
         return "the GPU run's test ran out of memory: its peak is not the generation's"
     if gpu.technique != estimate.technique:
         return f"technique {gpu.technique!r} on the GPU, {estimate.technique!r} estimated"
-    try:
-        pair = Pair(gpu.nodeid, int(memory["peak_allocated_bytes"]),
-                    int(memory["peak_reserved_bytes"]),
-                    None if memory.get("process_peak_bytes") is None
-                    else int(memory["process_peak_bytes"]),
-                    int(estimated["peak_allocated_bytes"]),
-                    int(estimated["peak_reserved_bytes"]) - int(applied))
-    except (KeyError, TypeError, ValueError, OverflowError):
+    measured = {m: _whole_bytes(gpu.memory, m) for m in METRICS.values()}
+    estimated_allocated = _whole_bytes(estimate.memory, ALLOCATED)
+    estimated_reserved = _whole_bytes(estimate.memory, RESERVED)
+    if (measured[ALLOCATED] is None or measured[RESERVED] is None
+            or estimated_allocated is None or estimated_reserved is None):
         return "a figure is missing from one of the records"
+    pair = Pair(gpu.nodeid, measured, estimated_allocated, estimated_reserved - applied)
     if pair.measured_allocated <= 0:
         return "the GPU run measured no allocation"
     if abs(pair.allocated_error) > AGREEMENT:
@@ -205,14 +213,14 @@ def calibrate(gpu_run: RunResults, estimate_run: RunResults,
     device_name = _gpu_device_name(gpu_run, gpu_label)
     measured = _by_nodeid(gpu_run.results, gpu_label)
     estimates = {nodeid: r for nodeid, r in _by_nodeid(estimate_run.results, estimate_label).items()
-                 if r.estimated and r.estimate}
+                 if r.is_estimate and r.estimate_details}
     if not estimates:
         raise CalibrationError(f"{estimate_label} has no estimated test: run the same tests "
                                "with --sdmem-estimate --sdmem-json")
     pairs: list[Pair] = []
     excluded: list[tuple[str, str]] = []
     for gpu in measured.values():
-        if gpu.nodeid not in estimates or not gpu.memory or gpu.estimated:
+        if gpu.nodeid not in estimates or not gpu.memory or gpu.is_estimate:
             continue
         pair = _pair(gpu, estimates[gpu.nodeid])
         if isinstance(pair, Pair):

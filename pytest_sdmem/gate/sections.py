@@ -145,8 +145,9 @@ class LatencySection(Section):
     """``latency``: the test pipeline's latency in seconds (``TimingResult.to_dict``), or the
     test side of min_speedup's rounds (``source`` "min_speedup": median and rounds only).
 
-    The breakdown of ``SdPipe.latency`` (``BREAKDOWN_FIGURES``, each with its interval and
-    round times) is in ``extra``, present only when one was timed: read it with ``figure``."""
+    The breakdown of ``SdPipe.latency`` (``BREAKDOWN_FIGURES``) is present only when one was
+    timed; each part's interval and round times (``per_step_ci_low``, ``per_step_times``) are
+    carried in ``extra``."""
 
     NUMBERS: ClassVar[Mapping[str, bool]] = dict.fromkeys(("median", *BREAKDOWN_FIGURES), False)
 
@@ -161,6 +162,11 @@ class LatencySection(Section):
     confidence: float | None = None
     stop_reason: str | None = None
     source: str | None = None
+    load: float | None = None
+    first_call: float | None = None
+    per_step: float | None = None
+    text_encoding: float | None = None
+    vae_decode: float | None = None
 
     @classmethod
     def of(cls, timing: TimingResult) -> LatencySection:
@@ -173,10 +179,9 @@ class LatencySection(Section):
                               "source": "min_speedup"}, "latency")
 
     def figure(self, name: str) -> float | None:
-        """A figure by its JSON key: the whole call's (``median``, ``ci_low``) or the
-        breakdown's (``per_step``); None when the section has none."""
-        value = getattr(self, name) if name in self.keys() else self.extra.get(name)
-        return value if is_number(value) else None
+        """The figure ``name``: ``median``, ``ci_low``, ``ci_high`` or one of the breakdown."""
+        value: float | None = getattr(self, name)
+        return value
 
 
 @dataclass(frozen=True)

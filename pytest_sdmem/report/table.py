@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from pytest_sdmem.base.tables import Row, text_table
 from pytest_sdmem.base.units import format_duration, format_size
 from pytest_sdmem.gate.results import TestRecord
+from pytest_sdmem.gate.sections import EstimateSection
+from pytest_sdmem.measuring.metrics import ALLOCATED, DEFAULT_METRIC, METRICS, RESERVED
 
 COLUMNS = (
     "test",
@@ -21,8 +22,8 @@ COLUMNS = (
     "latency",
     "per step",
     "speed-up",
-    "peak allocated",
-    "peak reserved",
+    ALLOCATED.label,
+    RESERVED.label,
     "budget",
     "verdict",
 )
@@ -33,9 +34,9 @@ def _duration_cell(seconds: float | None) -> str:
 
 
 def _budget_cell(record: TestRecord) -> str:
-    if not record.budget:
+    if not record.budget or record.budget.limit is None:
         return "-"
-    return f"{format_size(record.budget['max_vram_bytes'])} ({record.budget['metric']})"
+    return f"{format_size(record.budget.limit)} ({record.budget.metric})"
 
 
 def _speedup_cell(record: TestRecord) -> str:
@@ -44,23 +45,24 @@ def _speedup_cell(record: TestRecord) -> str:
     if not record.speedup:
         return "-"
     s = record.speedup
-    if s.get("ci_low") is None or s.get("ci_high") is None:
-        pairs = f": {s['pairs']} pairs" if s.get("pairs") else ""
-        return f"{s['ratio']:.2f}x [no interval{pairs}]"
-    return f"{s['ratio']:.2f}x [{s['ci_low']:.2f}-{s['ci_high']:.2f}]"
+    if s.ci_low is None or s.ci_high is None:
+        pairs = f": {s.pairs} pairs" if s.pairs else ""
+        return f"{s.ratio:.2f}x [no interval{pairs}]"
+    return f"{s.ratio:.2f}x [{s.ci_low:.2f}-{s.ci_high:.2f}]"
 
 
 def _verdict_cell(record: TestRecord) -> str:
-    failed = [v["kind"] for v in record.verdicts if not v.get("passed", True)]
+    failed = [v.kind for v in record.verdicts if v.passed is False]
     verdict = "FAIL " + ",".join(failed) if failed else record.outcome
-    return f"{verdict} (estimated)" if record.estimated and record.outcome != "skipped" else verdict
+    return (f"{verdict} (estimated)" if record.is_estimate and record.outcome != "skipped"
+            else verdict)
 
 
-def _reserved_cell(reserved: int | None, estimate: dict[str, Any] | None) -> str:
+def _reserved_cell(reserved: int | None, estimate: EstimateSection | None) -> str:
     """Reserved memory; an estimate's shows the calibrated overhead it includes beside it."""
     if reserved is None:
         return "-"
-    extra = ((estimate or {}).get("overhead") or {}).get("reserved_bytes")
+    extra = estimate.applied_reserved if estimate is not None else 0
     if extra:
         return f"{format_size(reserved)} (incl. +{format_size(extra)} overhead)"
     return format_size(reserved)
@@ -70,22 +72,21 @@ def table_rows(records: Iterable[TestRecord]) -> list[Row]:
     """Rows for every record, in the order the tests ran."""
     rows = []
     for r in records:
-        mem = r.memory or {}
-        estimated = " (est.)" if r.estimated else ""
-        peak = mem.get("peak_allocated_bytes")
-        reserved = mem.get("peak_reserved_bytes")
-        latency = r.latency or {}
+        estimated = " (est.)" if r.is_estimate else ""
+        peak = ALLOCATED.value(r.memory) if r.memory else None
+        reserved = RESERVED.value(r.memory) if r.memory else None
+        latency = r.latency
         rows.append(
             Row(
                 cells=(
                     r.nodeid,
                     r.technique or "-",
                     r.device,
-                    _duration_cell(latency.get("median")),
-                    _duration_cell(latency.get("per_step")),
+                    _duration_cell(latency.figure("median") if latency else None),
+                    _duration_cell(latency.figure("per_step") if latency else None),
                     _speedup_cell(r),
                     (format_size(peak) + estimated) if peak is not None else "-",
-                    _reserved_cell(reserved, r.estimate),
+                    _reserved_cell(reserved, r.estimate_details),
                     _budget_cell(r),
                     _verdict_cell(r),
                 ),
@@ -100,15 +101,6 @@ def render_text(rows: list[Row], columns: tuple[str, ...] = COLUMNS,
     """The run's table as plain aligned lines for the terminal summary (``text_table`` with the
     run's columns), at most ``width`` characters each."""
     return text_table(rows, columns, width)
-
-
-# The memory figure a budget's ``metric`` is judged on, so a chart draws the bar the budget
-# line is about (a "reserved" budget over an "allocated" bar would mislead).
-_BUDGET_FIGURES = {
-    "allocated": "peak_allocated_bytes",
-    "reserved": "peak_reserved_bytes",
-    "process": "process_peak_bytes",
-}
 
 
 @dataclass(frozen=True)
@@ -129,21 +121,22 @@ def _bar_label(record: TestRecord) -> str:
 
 
 def memory_bars(records: Iterable[TestRecord]) -> list[Bar]:
-    """Peak memory per test (the figure its budget's metric names), with the budget as limit."""
+    """Peak memory per test (the figure its budget's metric names, so a chart draws the bar
+    the budget line is about: a "reserved" budget over an "allocated" bar would mislead),
+    with the budget as limit."""
     bars = []
     for r in records:
-        budget = r.budget or {}
-        figure = _BUDGET_FIGURES.get(budget.get("metric", "allocated"), "peak_allocated_bytes")
-        value = (r.memory or {}).get(figure)
+        metric = METRICS.get(r.budget.metric or "", DEFAULT_METRIC) if r.budget else DEFAULT_METRIC
+        value = metric.value(r.memory) if r.memory else None
         if value is not None:
-            bars.append(Bar(_bar_label(r), value, budget.get("max_vram_bytes")))
+            bars.append(Bar(_bar_label(r), value, r.budget.limit if r.budget else None))
     return bars
 
 
 def latency_bars(records: Iterable[TestRecord]) -> list[Bar]:
     """Median latency per test, for the tests that measured one."""
     return [
-        Bar(_bar_label(r), r.latency["median"])
+        Bar(_bar_label(r), median)
         for r in records
-        if r.latency and r.latency.get("median") is not None
+        if r.latency and (median := r.latency.figure("median")) is not None
     ]

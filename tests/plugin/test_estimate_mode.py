@@ -117,6 +117,7 @@ def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
 ) -> None:
     from pytest_sdmem.cli import main
     from pytest_sdmem.gate.results import RunResults
+    from pytest_sdmem.gate.sections import MemorySection
 
     card = "NVIDIA Test GPU"
     budgets = pytester.path / "budgets.toml"
@@ -145,13 +146,13 @@ def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
     # hand: there is no GPU here), calibrates the card's overhead into the budgets file.
     estimates = RunResults.read(pytester.path / "estimate.json")
     for record in estimates.results:
-        record.estimated, record.device, record.device_name = False, "cuda:0", card
-        record.memory = {"peak_allocated_bytes": record.estimate["estimated_allocated_bytes"],
-                         "peak_reserved_bytes":
-                             record.estimate["estimated_reserved_bytes"] + 100_000_000}
+        record.is_estimate, record.device, record.device_name = False, "cuda:0", card
+        record.memory = MemorySection(
+            peak_allocated=record.estimate_details.estimated_allocated,
+            peak_reserved=record.estimate_details.estimated_reserved + 100_000_000)
     estimates.write(pytester.path / "gpu.json")
     assert main(["calibrate", "gpu.json", "estimate.json", f"--append={budgets}"]) == 0
-    simulated = {r.nodeid.split("::")[1]: r.estimate["estimated_reserved_bytes"]
+    simulated = {r.nodeid.split("::")[1]: r.estimate_details.estimated_reserved
                  for r in RunResults.read(pytester.path / "estimate.json").results}
 
     # Between the simulated reserved memory and the same plus the overhead: only the overhead

@@ -19,6 +19,7 @@ import pytest
 
 from pytest_sdmem.cli import main as sdmem_main
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import EstimateSection, MemorySection, SpeedupSection
 
 BIG = "1" + "0" * 400  # an integer past float range, as a literal in Python, JSON or TOML
 
@@ -111,8 +112,8 @@ def no_hang() -> Iterator[None]:
 
 def _results(path: Path, **speedup: object) -> Path:
     record = TestRecord(nodeid="test_a.py::test_a", outcome="passed", device="cpu",
-                        memory={"peak_allocated_bytes": 1000, "peak_reserved_bytes": 1000},
-                        speedup=speedup or None)
+                        memory=MemorySection(peak_allocated=1000, peak_reserved=1000),
+                        speedup=SpeedupSection(**speedup) if speedup else None)
     return RunResults({"device": "cpu", "device_name": ""}, [record]).write(path)
 
 
@@ -306,9 +307,9 @@ def test_hostile_budgets_file_to_append_to_is_sdmem_exit_2(
     for name, device, reserved in (("gpu", "cuda:0", 3000), ("estimate", "cuda (estimated)", 2500)):
         record = TestRecord(nodeid="t.py::t", outcome="passed", device=device,
                             device_name="GPU X" if name == "gpu" else "", model="sd15",
-                            estimated=name == "estimate",
-                            estimate={"overhead": None} if name == "estimate" else None,
-                            memory={"peak_allocated_bytes": 2000, "peak_reserved_bytes": reserved})
+                            is_estimate=name == "estimate",
+                            estimate_details=EstimateSection() if name == "estimate" else None,
+                            memory=MemorySection(peak_allocated=2000, peak_reserved=reserved))
         runs.append(str(RunResults({"device": device}, [record]).write(tmp_path / f"{name}.json")))
     status, err = _sdmem(["calibrate", *runs, "--append", str(budgets)], capsys)
     assert status == 2 and str(budgets) in err and message in err, err

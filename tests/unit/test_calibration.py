@@ -7,6 +7,7 @@ tests/plugin/test_estimate_mode.py pairs real estimates end to end.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from pytest_sdmem.cli import main
 from pytest_sdmem.gate.budgets import BudgetError, load_budgets
 from pytest_sdmem.gate.calibration import CalibrationError, append_to_budgets, calibrate
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import EstimateSection, MemorySection, OverheadSection
 
 GPU = "NVIDIA H100 80GB HBM3"
 MIB = 2**20
@@ -27,8 +29,8 @@ def gpu_run(*tests: tuple[str, int, int, int | None], card: str = GPU) -> RunRes
     records = [
         TestRecord(nodeid=nodeid, outcome="passed", device="cuda:0", device_name=card,
                    model="sd15", technique="fp16",
-                   memory={"peak_allocated_bytes": allocated, "peak_reserved_bytes": reserved,
-                           "process_peak_bytes": process, "num_ooms": 0})
+                   memory=MemorySection(peak_allocated=allocated, peak_reserved=reserved,
+                                        process_peak=process, num_ooms=0))
         for nodeid, allocated, reserved, process in tests
     ]
     return RunResults({"device": "cuda:0", "device_name": card, "torch": "2.11.0+cu128",
@@ -40,10 +42,11 @@ def estimate_run(*tests: tuple[str, int, int], overhead: int | None = None) -> R
     the reserved figure with ``overhead`` added if that run had one."""
     records = [
         TestRecord(nodeid=nodeid, outcome="passed", device="cuda (estimated)", model="sd15",
-                   technique="fp16", estimated=True,
-                   memory={"peak_allocated_bytes": allocated,
-                           "peak_reserved_bytes": reserved + (overhead or 0)},
-                   estimate={"overhead": {"reserved_bytes": overhead} if overhead else None})
+                   technique="fp16", is_estimate=True,
+                   memory=MemorySection(peak_allocated=allocated,
+                                        peak_reserved=reserved + (overhead or 0)),
+                   estimate_details=EstimateSection(
+                       overhead=OverheadSection(reserved=overhead) if overhead else None))
         for nodeid, allocated, reserved in tests
     ]
     return RunResults({"device": "cpu", "device_name": "cpu"}, records)
@@ -127,7 +130,7 @@ def test_appending_twice_is_refused_and_leaves_the_file_as_it_was(tmp_path: Path
 
 
 @pytest.mark.parametrize(("gpu", "estimates", "message"), [
-    (RunResults({}, [TestRecord("t::a", "passed", "cpu", memory={"peak_allocated_bytes": 1})]),
+    (RunResults({}, [TestRecord("t::a", "passed", "cpu", memory=MemorySection(peak_allocated=1))]),
      ESTIMATES, "has no test measured on CUDA"),
     (RunResults({}, [*gpu_run(("t::a", GIB, GIB, None)).results,
                      *gpu_run(("t::b", GIB, GIB, None), card="NVIDIA L4").results]),
@@ -190,9 +193,10 @@ def test_malformed_estimate_fields_are_bad_input_not_a_traceback(
     tmp_path: Path, capsys, field: str, value: object, message: str
 ) -> None:
     gpu_path = gpu_run(("t::a", 2 * GIB, 3 * GIB, None)).write(tmp_path / "gpu.json")
-    broken = estimate_run(("t::a", 2 * GIB, 2 * GIB))
-    setattr(broken.results[0], field, value)
-    est_path = broken.write(tmp_path / "est.json")
+    est_path = estimate_run(("t::a", 2 * GIB, 2 * GIB)).write(tmp_path / "est.json")
+    broken = json.loads(est_path.read_text())
+    broken["results"][0][field] = value
+    est_path.write_text(json.dumps(broken))
     assert main(["calibrate", str(gpu_path), str(est_path)]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert main(["report", str(est_path)]) == 2

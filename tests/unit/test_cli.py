@@ -20,6 +20,7 @@ import yaml
 import pytest_sdmem
 from pytest_sdmem.cli import build_parser, main
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import LatencySection, MemorySection
 
 PROJECT = Path(pytest_sdmem.__file__).resolve().parents[1]
 WORKFLOW = PROJECT / ".github" / "workflows" / "gpu-gate.yml"
@@ -29,8 +30,8 @@ def results_file(path: Path, peak: int, card: str = "NVIDIA L4") -> Path:
     record = TestRecord(
         nodeid="tests/techniques/test_claims.py::test_fp16", outcome="passed", device="cuda:0",
         device_name=card, model="tiny", technique="fp16",
-        memory={"peak_allocated_bytes": peak, "peak_reserved_bytes": peak},
-        latency={"median": 1.5},
+        memory=MemorySection(peak_allocated=peak, peak_reserved=peak),
+        latency=LatencySection(median=1.5),
     )
     return RunResults({"device": "cuda:0", "device_name": card}, [record]).write(path)
 

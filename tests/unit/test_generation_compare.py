@@ -15,6 +15,7 @@ import pytest
 from pytest_sdmem.cli import main
 from pytest_sdmem.gate.baseline import compare_runs, load_baseline, load_results
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import GenerationSection, MemorySection
 
 NODE = "tests/techniques/test_vae.py::test_vae_slicing"
 GENERATION = {"model": "tiny", "height": 32, "width": 32, "steps": 1, "batch_size": 1,
@@ -25,8 +26,8 @@ GENERATION = {"model": "tiny", "height": 32, "width": 32, "steps": 1, "batch_siz
 def run_file(path: Path, peak: int, generation: dict[str, Any] | None) -> Path:
     record = TestRecord(nodeid=NODE, outcome="passed", device="cpu", device_name="cpu",
                         model="tiny", technique="vae_slicing",
-                        memory={"peak_allocated_bytes": peak, "peak_reserved_bytes": peak},
-                        generation=generation)
+                        memory=MemorySection(peak_allocated=peak, peak_reserved=peak),
+                        generation=GenerationSection(**generation) if generation else None)
     return RunResults({"device": "cpu", "device_name": "cpu"}, [record]).write(path)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from pytest_sdmem.gate.baseline import compare_runs, environment_differences
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import MemorySection
 from pytest_sdmem.gate.settings import SettingsError, Workers, build_settings
 from pytest_sdmem.measuring.memory import get_backend
 from pytest_sdmem.measuring.memory.cuda import check_machine, read_gpu, select_device
@@ -209,7 +210,7 @@ def test_the_session_baseline_is_what_the_warm_up_leaves_alive() -> None:
 def _run(env: dict[str, Any]) -> RunResults:
     return RunResults(environment=env, results=[
         TestRecord(nodeid="t", outcome="passed", device="cuda:0", device_name="NVIDIA H200",
-                   memory={"peak_allocated_bytes": 100})])
+                   memory=MemorySection(peak_allocated=100))])
 
 
 def test_compare_warns_when_driver_torch_or_card_differ() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from pytest_sdmem.cli import main
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import SpeedupSection
 from pytest_sdmem.report.html import render_html
 from pytest_sdmem.report.markdown import render_markdown
 from pytest_sdmem.report.png import PlotUnavailableError, render_png
@@ -25,10 +26,11 @@ HOSTILE = 'tests/t.py::test_x[<script>alert("x")</script>|a&b]'
 
 def sample_run() -> RunResults:
     def record(nodeid: str, technique: str, peak: int, **fields: object) -> TestRecord:
+        """A measured record; ``fields`` are fields of its JSON object."""
         memory = {"peak_allocated_bytes": peak, "peak_reserved_bytes": peak + 10**8}
-        return TestRecord(nodeid=nodeid, outcome=str(fields.pop("outcome", "passed")),
-                          device="cuda:0", device_name="NVIDIA L4", model="tiny",
-                          technique=technique, memory=memory, **fields)  # type: ignore[arg-type]
+        return TestRecord.from_dict({"nodeid": nodeid, "outcome": "passed", "device": "cuda:0",
+                                     "device_name": "NVIDIA L4", "model": "tiny",
+                                     "technique": technique, "memory": memory, **fields})
 
     return RunResults(
         {"device": "cuda:0", "device_name": "NVIDIA L4", "total_memory_bytes": 24 * 10**9,
@@ -90,7 +92,7 @@ def test_a_speedup_without_an_interval_is_shown_as_such() -> None:
     """An inconclusive min_speedup may end before its first interval (heavy-tailed ratios, out
     of time): the table shows the ratio and says so, it does not crash on the missing ends."""
     run = sample_run()
-    run.results[2].speedup = {"ratio": 1.8, "ci_low": None, "ci_high": None}
+    run.results[2].speedup = SpeedupSection(ratio=1.8, ci_low=None, ci_high=None)
     cells = dict(zip(COLUMNS, table_rows(run.results)[2].cells, strict=True))
     assert cells["speed-up"] == "1.80x [no interval]"
 
@@ -192,7 +194,7 @@ def test_a_speedup_without_an_interval_is_reported_and_compared(
                                        stop_reason="max_time", elapsed=0.5)
     assert (speedup.ci_low, speedup.verdict) == (None, "inconclusive")
     record = TestRecord(nodeid="t.py::test_fast", outcome="failed", device="cpu",
-                        technique="fp16", speedup=speedup.to_dict())
+                        technique="fp16", speedup=SpeedupSection.of(speedup))
     path = RunResults({"device": "cpu"}, [record]).write(tmp_path / "run.json")
     cell = table_rows([record])[0].cells[COLUMNS.index("speed-up")]
     assert cell == "1.25x [no interval: 2 pairs]"

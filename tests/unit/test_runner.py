@@ -27,6 +27,7 @@ from pytest_sdmem.building.techniques import (
     parse_technique,
 )
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import LatencySection
 from pytest_sdmem.measuring.stats import SpeedupResult
 from pytest_sdmem.measuring.timing import ROUND_PARTS, TimingResult
 from pytest_sdmem.report.table import COLUMNS, table_rows
@@ -199,11 +200,11 @@ def test_latency_is_broken_down_and_a_users_step_callback_still_runs(
     assert max(parts.text_encoding.median, parts.vae_decode.median) < result.median
 
     # The record's latency section survives the results file, and the table shows the step.
-    record = TestRecord(nodeid="t.py::test_latency", latency=result.to_dict())
+    record = TestRecord(nodeid="t.py::test_latency", latency=LatencySection.of(result))
     read = RunResults.read(RunResults({}, [record]).write(tmp_path / "r.json")).results[0]
-    assert read.latency == result.to_dict()
-    assert read.latency["per_step"] == parts.per_step.median
-    assert read.latency["load"] == parts.load and read.latency["first_call"] == parts.first_call
+    assert read.latency is not None and read.latency.to_dict() == result.to_dict()
+    assert read.latency.per_step == parts.per_step.median
+    assert read.latency.load == parts.load and read.latency.first_call == parts.first_call
     cell = table_rows([read])[0].cells[COLUMNS.index("per step")]
     assert cell == format_duration(parts.per_step.median)
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pytest_sdmem.base.units import format_size
 from pytest_sdmem.measuring.memory.host import HOST_RSS, HostRssMeter, describe_method
+from pytest_sdmem.measuring.metrics import ALLOCATED, PROCESS, RESERVED, bytes_key
 
 
 class TrackerError(RuntimeError):
@@ -113,14 +114,14 @@ class MemoryReport:
     def to_dict(self) -> dict[str, Any]:
         """The figures for JSON and JUnit properties, with units in the key names."""
         return {
-            "peak_allocated_bytes": self.peak_allocated,
-            "peak_reserved_bytes": self.peak_reserved,
-            "start_allocated_bytes": self.start_allocated,
-            "end_allocated_bytes": self.end_allocated,
-            "peak_delta_bytes": self.peak_delta,
-            "host_peak_rss_bytes": self.host_peak_rss,
+            ALLOCATED.json_key: self.peak_allocated,
+            RESERVED.json_key: self.peak_reserved,
+            bytes_key("start_allocated"): self.start_allocated,
+            bytes_key("end_allocated"): self.end_allocated,
+            bytes_key("peak_delta"): self.peak_delta,
+            bytes_key("host_peak_rss"): self.host_peak_rss,
             "host_rss_method": self.host_rss_method,
-            "process_peak_bytes": self.process_peak,
+            PROCESS.json_key: self.process_peak,
             "num_alloc_retries": self.num_alloc_retries,
             "num_ooms": self.num_ooms,
         }
