@@ -23,6 +23,7 @@ from pytest_sdmem.gate.baseline import (
     load_results,
 )
 from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.sections import MemorySection
 from pytest_sdmem.gate.tolerances import (
     DEFAULT_TOLERANCE_SPEC,
     DEFAULT_TOLERANCES,
@@ -291,3 +292,22 @@ def test_bad_tolerance_specs_are_refused_with_the_accepted_forms(spec: str, mess
     with pytest.raises(ToleranceError, match=re.escape(message)) as info:
         parse_tolerances(spec)
     assert isinstance(info.value, UnitError)  # one family of "bad value" errors for the glue
+
+
+#: Results files written by pytest-sdmem before the record sections were typed (main at
+#: e8210a5, on the CPU with the tiny model): budgets, a snapshot, latency with its breakdown and
+#: an inconclusive speed-up (measured); a run compared against it (compared); estimates with a
+#: GPU's calibrated overhead (estimated).
+EARLIER_FILES = sorted((Path(__file__).parent / "data" / "results-before-typed-sections")
+                       .glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EARLIER_FILES, ids=lambda path: path.stem)
+def test_an_earlier_results_file_reads_into_sections_and_is_written_back_unchanged(
+    tmp_path: Path, path: Path
+) -> None:
+    """A saved baseline stays a baseline: read into typed sections, it is written back byte
+    for byte, every key in its place."""
+    run = load_baseline(path)
+    assert all(isinstance(r.memory, MemorySection) for r in run.results)
+    assert run.write(tmp_path / path.name).read_bytes() == path.read_bytes()
