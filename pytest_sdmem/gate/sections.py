@@ -27,6 +27,7 @@ from pytest_sdmem.measuring.timing import BREAKDOWN_FIGURES
 if TYPE_CHECKING:  # reading a results file needs none of them (nor the torch they import)
     from pytest_sdmem.estimate.report import EstimateReport, Overhead
     from pytest_sdmem.measuring.memory import MemoryReport
+    from pytest_sdmem.measuring.memory.frames import SnapshotReport
     from pytest_sdmem.measuring.stats import SpeedupResult
     from pytest_sdmem.measuring.timing import TimingResult
 
@@ -312,6 +313,10 @@ class SnapshotSection(Section):
     untraced_bytes: int | None = None
     untraced_count: int | None = None
     notes: list[str] | None = None
+
+    @classmethod
+    def of(cls, report: SnapshotReport) -> SnapshotSection:
+        return cls.from_dict(report.to_dict(), "snapshot")
 
 
 @dataclass(frozen=True)
