@@ -9,8 +9,9 @@ the name the code uses. ``from_dict`` checks the figures the comparison and the 
 A results file is a contract with the tools that read it later, and a baseline saved by one
 version is read by the next. So a section read from a file is written back byte for byte: it
 keeps the file's order of keys, leaves out the keys the file did not have, and keeps keys this
-version does not know (``extra``) where they were. A section made here (``of``) writes every
-field in the order of its declaration.
+version does not know (``extra``) where they were. The ``of`` constructors read the figures'
+own ``to_dict`` the same way, so a new file holds what its producer writes; a section built
+field by field writes every field in the order of its declaration.
 """
 
 from __future__ import annotations
