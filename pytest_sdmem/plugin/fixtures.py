@@ -50,8 +50,8 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
 
     session = session_of(request.config)
     settings = session.settings
-    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
-                              width=settings.size)
+    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.image_size,
+                              width=settings.image_size)
     technique = technique_of(request.node)
     try:
         pipe = session.mode.build_pipe(technique, defaults)

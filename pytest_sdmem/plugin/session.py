@@ -27,7 +27,7 @@ from pytest_sdmem.plugin.machine import (
     workers_of,
 )
 from pytest_sdmem.plugin.mode import Mode, choose_mode
-from pytest_sdmem.plugin.options import OPTIONS, default_cache_dir, resolve
+from pytest_sdmem.plugin.options import default_cache_dir, option_values
 from pytest_sdmem.plugin.saving import Outcome, SessionEnd, write_outputs
 from pytest_sdmem.plugin.state import Collector, TestState, marked_technique, technique_of
 
@@ -45,11 +45,9 @@ class SdmemBaselineWarning(UserWarning):
 
 def load_settings(config: pytest.Config, workers: Workers) -> Settings:
     """The session's settings from its options; a bad value is a usage error naming it."""
-    raw = {opt.dest: resolve(config, opt.dest) for opt in OPTIONS}
-    if not raw["sdmem_estimate"] and config.getoption("sdmem_estimate_for") is None:
-        raw["sdmem_estimate_for"] = None  # an ini default for estimate runs; the flag alone errs
     try:
-        settings = build_settings(raw, default_cache_dir(config), workers=workers)
+        settings = build_settings(option_values(config), default_cache_dir(config),
+                                  workers=workers)
         check_locations(*session_locations(settings, config.getoption("xmlpath", None)))
     except (SettingsError, OutputError) as exc:
         raise pytest.UsageError(f"pytest-sdmem: {exc}") from None
