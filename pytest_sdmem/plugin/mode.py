@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from pytest_sdmem.estimate.pipe import EstimatedSdPipe
     from pytest_sdmem.estimate.report import Overhead
     from pytest_sdmem.gate.budgets import Budgets
-    from pytest_sdmem.gate.markers import MaxVram
+    from pytest_sdmem.gate.markers import MaxVram, MinSpeedup
     from pytest_sdmem.gate.verdicts import VramVerdict
+    from pytest_sdmem.measuring.stats import SpeedupResult
 
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
 
@@ -173,28 +174,24 @@ class Measured(Mode):
                 vram = self.judge_vram(state, None)
                 state.snapshot = state.stop_recording(item.nodeid, settings.snapshot_dir,
                                                       vram is not None and not vram.passed)
-            self._time_speedup(state)
+            state.speedup = self._time_speedup(state.sd_pipe, state.min_speedup)
         return result
 
-    def _time_speedup(self, state: TestState) -> None:
+    def _time_speedup(self, pipe: SdPipe | EstimatedSdPipe,
+                      spec: MinSpeedup) -> SpeedupResult:
         """The same generation the test ran (or the defaults), outside the memory window."""
         from pytest_sdmem.measuring.timing import TimeBudgetTooShort
 
-        assert state.min_speedup is not None and state.sd_pipe is not None
-        pipe = state.sd_pipe
         args = asdict(pipe.last_args) if pipe.last_args is not None else {}
         try:
-            state.speedup = pipe.speedup_over(state.min_speedup.baseline,
-                                              factor=state.min_speedup.factor,
-                                              max_time=self.settings.max_time, **args)
+            return pipe.speedup_over(spec.baseline, factor=spec.factor,
+                                     max_time=self.settings.max_time, **args)
         except TechniqueError as exc:  # a baseline technique this model cannot take
             failure = f"min_speedup baseline: {exc}"
         except TimeBudgetTooShort as exc:  # a usage problem of the budget: its message
-            failure = f"min_speedup against {state.min_speedup.baseline!r}: {exc}"
-        else:
-            failure = None
-        if failure is not None:  # outside the except: pytest would print the chained error
-            pytest.fail(failure, pytrace=False)
+            failure = f"min_speedup against {spec.baseline!r}: {exc}"
+        # Failed outside the except: pytest would print the chained error.
+        pytest.fail(failure, pytrace=False)
 
     def budget_report(self, state: TestState) -> MemoryReport | None:
         """The highest tracker block if the test used any (it chose what to measure), else
@@ -285,7 +282,8 @@ class Estimated(Mode):
     @staticmethod
     def estimates(state: TestState) -> list[Any]:
         """The estimates of the test's generations, oldest first."""
-        return state.sd_pipe.estimates if state.sd_pipe is not None else []
+        pipe = cast("EstimatedSdPipe | None", state.sd_pipe)  # the only pipes this mode builds
+        return pipe.estimates if pipe is not None else []
 
     def has_estimates(self, state: TestState) -> bool:
         return bool(self.estimates(state))
