@@ -33,8 +33,9 @@ class Option:
 
     def convert(self, value: Any) -> Any:
         """``value`` (the command line's or the ini file's text, or the table's default) as
-        this option's kind: a bool; a positive finite int or float; a size in bytes; a path
-        (``~`` expanded; an empty one is unset, None); a string as given. None stays None
+        this option's kind: a bool; a positive finite int or float; a size in bytes (an empty one
+        is the default); a path (``~`` expanded; an empty one is unset, None); a string as
+        given. None stays None
         (unset). A value that is not of its kind raises ``SettingsError`` naming the option,
         the value and what is accepted."""
         if value is None:
@@ -44,8 +45,8 @@ class Option:
         if self.kind in ("int", "float"):
             return self._positive(value)
         if self.kind == "size":
-            try:
-                return parse_size(value)
+            try:  # an empty size is the default, as an empty path is unset
+                return parse_size(value or self.default)
             except UnitError as exc:
                 raise SettingsError(f"{self.flag}: {exc}") from exc
         if self.kind == "path":
