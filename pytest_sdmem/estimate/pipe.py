@@ -47,7 +47,7 @@ class EstimatedSdPipe:
     """``sd_pipe`` under ``--sdmem-estimate``: each call estimates the CUDA peak of the
     generation on meta tensors (see ``pytest_sdmem.estimate``) instead of running it."""
 
-    last_latency = None
+    last_latency: TimingResult | None = None  # an estimate has no timings
 
     @property
     def pipe(self) -> Any:

@@ -356,14 +356,7 @@ def compare_runs(
             matched.add(key)
             reason = _unlike(base_record, base.environment, record, head.environment)
             if reason is None:
-                for figure in FIGURES:
-                    b, h = figure.read(base_record), figure.read(record)
-                    if b is not None and h is not None:
-                        tol = tolerances[figure.metric]
-                        status = _status(figure, b, h, tol)
-                        comparison.deltas.append(
-                            MetricDelta(key, figure.name, figure.metric, b, h, tol, status)
-                        )
+                comparison.deltas += _deltas(key, base_record, record, tolerances)
                 continue
         comparison.not_compared.append(NotCompared(key, reason))
         reasons[reason] += 1
@@ -374,6 +367,28 @@ def compare_runs(
     ]
     comparison.warnings += environment_differences(base.environment, head.environment)
     return comparison
+
+
+def _deltas(key: RecordKey, base: TestRecord, head: TestRecord,
+            tolerances: Tolerances) -> list[MetricDelta]:
+    """Every figure two like records of the same test both hold, compared."""
+    deltas = []
+    for figure in FIGURES:
+        b, h = figure.read(base), figure.read(head)
+        if b is not None and h is not None:
+            tol = tolerances[figure.metric]
+            deltas.append(MetricDelta(key, figure.name, figure.metric, b, h, tol,
+                                      _status(figure, b, h, tol)))
+    return deltas
+
+
+def compare_record(base: TestRecord, base_env: dict[str, Any], head: TestRecord,
+                   head_env: dict[str, Any], tolerances: Tolerances) -> list[MetricDelta]:
+    """The deltas ``compare_runs`` finds for one test whose baseline record is ``base``: none
+    when the two must not be compared (``_unlike``). Judging one record needs no more."""
+    if _unlike(base, base_env, head, head_env) is not None:
+        return []
+    return _deltas(record_key(head), base, head, tolerances)
 
 
 def _gpu_field(key: str) -> Callable[[dict[str, Any]], Any]:

@@ -7,11 +7,19 @@ gone tests, improvements, tests not comparable) is made once at the end from all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_sdmem.gate.baseline import Comparison, MetricDelta, compare_runs, load_baseline
+from pytest_sdmem.gate.baseline import (
+    Comparison,
+    MetricDelta,
+    RecordKey,
+    compare_record,
+    compare_runs,
+    load_baseline,
+    record_key,
+)
 from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.gate.tolerances import Tolerances, parse_tolerances
 
@@ -22,6 +30,12 @@ class Gate:
     baseline: RunResults
     tolerances: Tolerances
     environment: dict[str, Any]
+    #: The baseline's records by test, indexed once (its last record of a test is used, as
+    #: ``compare_runs`` uses it).
+    records: dict[RecordKey, TestRecord] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.records = {record_key(r): r for r in self.baseline.results}
 
     @classmethod
     def load(cls, path: Path, tolerance: str | None, environment: dict[str, Any]) -> Gate:
@@ -32,9 +46,13 @@ class Gate:
         return cls(path, load_baseline(path), parse_tolerances(tolerance), environment)
 
     def judge(self, record: TestRecord) -> list[MetricDelta]:
-        """Every figure of ``record`` compared with the baseline's record of the same test."""
-        head = RunResults(environment=self.environment, results=[record])
-        return compare_runs(self.baseline, head, self.tolerances).for_nodeid(record.nodeid)
+        """Every figure of ``record`` compared with the baseline's record of the same test (none
+        without one, or when the two must not be compared)."""
+        base = self.records.get(record_key(record))
+        if base is None:
+            return []
+        return compare_record(base, self.baseline.environment, record, self.environment,
+                              self.tolerances)
 
     def compare(self, records: list[TestRecord]) -> Comparison:
         head = RunResults(environment=self.environment, results=records)

@@ -1,8 +1,9 @@
-"""The session's validated settings, from the raw option values.
+"""The session's validated settings, from the option values.
 
-Plain Python so the ``sdmem`` command and the pytest glue agree on what is accepted; every
-problem is a ``SettingsError`` whose message names the option, the value and what is accepted
-(the plugin turns it into a usage error, exit code 4).
+The values come converted by their kinds (``plugin.options``: bools, positive numbers, sizes in
+bytes, paths); what is checked here is how they go together and the defaults that depend on
+each other. Every problem is a ``SettingsError`` whose message names the option, the value and
+what is accepted (the plugin turns it into a usage error, exit code 4).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_sdmem.base.units import UnitError, check_number, parse_size
+from pytest_sdmem.base.units import parse_size
 from pytest_sdmem.measuring.memory import normalize_device
 
 
@@ -28,7 +29,7 @@ class Settings:
     model: str
     cache_dir: Path
     steps: int
-    size: int
+    image_size: int  # pixels, the height and the width of sd_pipe's images
     max_time: float
     leak_threshold: int
     strict_leaks: bool
@@ -44,10 +45,6 @@ class Settings:
     estimate_for: str | None = None
     safety_checker: bool = False
 
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.startswith("cuda")
-
 
 def cuda_state() -> tuple[bool, int]:
     """Whether torch sees CUDA, and how many devices (imported lazily: torch is slow to import)."""
@@ -55,18 +52,6 @@ def cuda_state() -> tuple[bool, int]:
 
     available = torch.cuda.is_available()
     return available, torch.cuda.device_count() if available else 0
-
-
-def _positive(name: str, raw: Any, convert: Callable[[Any], Any]) -> Any:
-    """``raw`` converted, and checked finite and positive (``--sdmem-max-time nan`` or ``inf``
-    would otherwise be accepted here and fail every speed test later)."""
-    try:
-        value = convert(raw)
-        check_number(value, name, positive=True)
-    except (TypeError, ValueError, OverflowError):
-        raise SettingsError(f"{name}={raw!r} is not valid: expected a positive finite "
-                            "number") from None
-    return value
 
 
 @dataclass(frozen=True)
@@ -127,17 +112,13 @@ def _device(raw: dict[str, Any], workers: Workers, cuda: Callable[[], tuple[bool
     return device
 
 
-def _path(raw: dict[str, Any], key: str) -> Path | None:
-    return Path(raw[key]).expanduser() if raw.get(key) else None
-
-
 def build_settings(
     raw: dict[str, Any],
     default_cache: Path,
     cuda: Callable[[], tuple[bool, int]] = cuda_state,
     workers: Workers = Workers(),
 ) -> Settings:
-    """Validate raw option values (``dest`` -> value) into ``Settings``."""
+    """Validate option values (``dest`` -> value of the option's kind) into ``Settings``."""
     gpu = bool(raw.get("gpu"))
     estimate = bool(raw.get("sdmem_estimate"))
     if estimate and gpu:
@@ -153,13 +134,10 @@ def build_settings(
     tiny = model == "tiny"
     steps = raw.get("sdmem_steps")
     size = raw.get("sdmem_size")
-    try:
-        leak_threshold = parse_size(raw.get("sdmem_leak_threshold") or "4MB")
-    except UnitError as exc:
-        raise SettingsError(f"--sdmem-leak-threshold: {exc}") from exc
-    size_px = _positive("--sdmem-size", size, int) if size is not None else (64 if tiny else 512)
-    if size_px % 8:
-        raise SettingsError(f"--sdmem-size={size_px} is not valid: expected a multiple of 8")
+    leak_threshold = raw.get("sdmem_leak_threshold")
+    image_size = size if size is not None else (64 if tiny else 512)
+    if image_size % 8:
+        raise SettingsError(f"--sdmem-size={image_size} is not valid: expected a multiple of 8")
     exclusive = bool(raw.get("sdmem_exclusive"))
     if exclusive and not gpu:
         raise SettingsError("--sdmem-exclusive checks that no other process uses the GPU: it "
@@ -171,23 +149,22 @@ def build_settings(
         gpu=gpu,
         device=device,
         model=model,
-        cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
+        cache_dir=raw.get("sdmem_cache_dir") or default_cache.expanduser(),
         # An estimate describes the GPU run of the same test: same steps (the estimator itself
         # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
-        steps=(_positive("--sdmem-steps", steps, int) if steps is not None
-               else 2 if tiny else 25),
-        size=size_px,
-        max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
-        leak_threshold=leak_threshold,
+        steps=steps if steps is not None else 2 if tiny else 25,
+        image_size=image_size,
+        max_time=raw.get("sdmem_max_time") or 30.0,
+        leak_threshold=leak_threshold if leak_threshold is not None else parse_size("4MB"),
         strict_leaks=bool(raw.get("sdmem_strict_leaks")),
-        json_path=_path(raw, "sdmem_json"),
-        budgets_path=_path(raw, "sdmem_budgets"),
-        save_path=_path(raw, "sdmem_save"),
-        compare_path=_path(raw, "sdmem_compare"),
+        json_path=raw.get("sdmem_json"),
+        budgets_path=raw.get("sdmem_budgets"),
+        save_path=raw.get("sdmem_save"),
+        compare_path=raw.get("sdmem_compare"),
         tolerance=raw.get("sdmem_tolerance") or None,
         share_gpu=bool(raw.get("sdmem_share_gpu")),
         exclusive=exclusive,
-        snapshot_dir=_path(raw, "sdmem_snapshot_dir"),
+        snapshot_dir=raw.get("sdmem_snapshot_dir"),
         estimate=estimate,
         estimate_for=estimate_for,
         safety_checker=not raw.get("sdmem_no_safety_checker") and not tiny,

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_sdmem.measuring.memory import MemoryTracker, get_backend
-from pytest_sdmem.plugin.state import SETTINGS, STATE, technique_of
+from pytest_sdmem.plugin.session import session_of
+from pytest_sdmem.plugin.state import STATE, technique_of
 
 if TYPE_CHECKING:
     from pytest_sdmem.building.runner import SdPipe
@@ -25,8 +26,7 @@ def cuda_mem_tracker(request: pytest.FixtureRequest) -> Iterator[MemoryTracker]:
 
     A ``max_vram`` budget applies to the highest peak among the blocks when a test uses them.
     """
-    settings = request.config.stash[SETTINGS]
-    tracker = MemoryTracker(get_backend(settings.device))
+    tracker = MemoryTracker(get_backend(session_of(request.config).settings.device))
     state = request.node.stash.get(STATE, None)
     if state is not None:
         state.trackers.append(tracker)
@@ -45,22 +45,16 @@ def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
     from pytest_sdmem.building.generation import GenerationArgs
     from pytest_sdmem.building.pipelines import ModelError
-    from pytest_sdmem.building.runner import UnmetRequirementError, make_sd_pipe
-    from pytest_sdmem.building.techniques import TechniqueError, parse_technique
-    from pytest_sdmem.estimate.pipe import EstimatedSdPipe
+    from pytest_sdmem.building.runner import UnmetRequirementError
+    from pytest_sdmem.building.techniques import TechniqueError
 
-    settings = request.config.stash[SETTINGS]
-    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
-                              width=settings.size)
+    session = session_of(request.config)
+    settings = session.settings
+    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.image_size,
+                              width=settings.image_size)
     technique = technique_of(request.node)
     try:
-        if settings.estimate:
-            pipe = EstimatedSdPipe(settings.model, parse_technique(technique), defaults,
-                                   safety_checker=settings.safety_checker,
-                                   gpu=settings.estimate_for)
-        else:
-            pipe = make_sd_pipe(settings.model, technique, settings.device, settings.cache_dir,
-                                defaults, safety_checker=settings.safety_checker)
+        pipe = session.mode.build_pipe(technique, defaults)
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))
     except (ModelError, TechniqueError) as exc:  # a technique the model cannot take, too

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_sdmem.base.units import UnitError, check_number, parse_size
+from pytest_sdmem.gate.settings import SettingsError
+
 
 @dataclass(frozen=True)
 class Option:
@@ -18,7 +21,7 @@ class Option:
 
     flag: str
     help: str
-    kind: str = "string"  # "bool" | "string" | "int" | "float" | "path"
+    kind: str = "string"  # "bool" | "string" | "int" | "float" | "size" | "path"
     default: Any = None
     metavar: str | None = None
 
@@ -27,6 +30,39 @@ class Option:
         ``%(default)s``), so a literal ``%`` such as the tolerance's "5%" must be doubled or
         ``pytest --help`` fails with "unsupported format character"."""
         return self.help.replace("%", "%%")
+
+    def convert(self, value: Any) -> Any:
+        """``value`` (the command line's or the ini file's text, or the table's default) as
+        this option's kind: a bool; a positive finite int or float; a size in bytes (an empty one
+        is the default); a path (``~`` expanded; an empty one is unset, None); a string as
+        given. None stays None
+        (unset). A value that is not of its kind raises ``SettingsError`` naming the option,
+        the value and what is accepted."""
+        if value is None:
+            return None
+        if self.kind == "bool":
+            return bool(value)
+        if self.kind in ("int", "float"):
+            return self._positive(value)
+        if self.kind == "size":
+            try:  # an empty size is the default, as an empty path is unset
+                return parse_size(value or self.default)
+            except UnitError as exc:
+                raise SettingsError(f"{self.flag}: {exc}") from exc
+        if self.kind == "path":
+            return Path(value).expanduser() if value else None
+        return value
+
+    def _positive(self, value: Any) -> int | float:
+        """``value`` converted, and checked finite and positive (``--sdmem-max-time nan`` or
+        ``inf`` would otherwise be accepted here and fail every speed test later)."""
+        try:
+            number = int(value) if self.kind == "int" else float(value)
+            check_number(number, self.flag, positive=True)
+        except (TypeError, ValueError, OverflowError):
+            raise SettingsError(f"{self.flag}={value!r} is not valid: expected a positive "
+                                "finite number") from None
+        return number
 
     @property
     def dest(self) -> str:
@@ -55,7 +91,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--sdmem-max-time", "time budget in seconds of one latency or speed-up measurement",
            "float", 30.0, metavar="SECONDS"),
     Option("--sdmem-leak-threshold", "device memory a test may leave behind before it is "
-           "reported as a leak", default="4MB", metavar="SIZE"),
+           "reported as a leak", "size", "4MB", metavar="SIZE"),
     Option("--sdmem-strict-leaks", "fail tests that leave device memory behind", "bool"),
     Option("--sdmem-budgets", "TOML file of named budgets per GPU model, for "
            "max_vram(budget=KEY) and min_speedup(budget=KEY) (default: none)", "path",
@@ -105,27 +141,39 @@ def add_options(parser: Any) -> None:
 
 
 def resolve(config: Any, dest: str) -> Any:
-    """The value of option ``dest``: command line, else ini, else the table's default.
+    """The value of option ``dest``: command line, else ini, else the table's default, converted
+    once, by the option's kind (see ``Option.convert``).
 
-    Returns the raw string for typed options; ``Settings`` converts and validates them. A
-    relative path from the ini file is made relative to that file's directory (as pytest does
+    A relative path from the ini file is made relative to that file's directory (as pytest does
     for its own ``paths`` ini keys), so a project's config names the same file from any working
     directory; on the command line it stays relative to the working directory.
     """
     opt = next(o for o in OPTIONS if o.dest == dest)
     value = config.getoption(dest)
     if value is not None:
-        return value
+        return opt.convert(value)
     ini = config.getini(opt.ini)
     if opt.kind == "bool":
         return bool(ini)
     if ini == "":
-        return opt.default
+        return opt.convert(opt.default)
     if opt.kind == "path":
         base = (config.inipath.parent if config.inipath is not None
                 else config.invocation_params.dir)
-        return str(base / Path(ini).expanduser())
-    return ini
+        return opt.convert(str(base / Path(ini).expanduser()))
+    return opt.convert(ini)
+
+
+def option_values(config: Any) -> dict[str, Any]:
+    """Every option's value (``dest`` -> value, of its kind), as ``build_settings`` takes them.
+
+    ``--sdmem-estimate-for`` in the ini file is a default for the runs that estimate; only the
+    command-line flag without ``--sdmem-estimate`` is an error (``build_settings``).
+    """
+    values = {opt.dest: resolve(config, opt.dest) for opt in OPTIONS}
+    if not values["sdmem_estimate"] and config.getoption("sdmem_estimate_for") is None:
+        values["sdmem_estimate_for"] = None
+    return values
 
 
 def default_cache_dir(config: Any) -> Path:

@@ -1,10 +1,11 @@
-"""What the pytest glue remembers between hooks: the session's settings, each test's state, and
-the collected records (on the controller, records from every xdist worker arrive here too)."""
+"""What the pytest glue remembers between hooks: each test's state, and the collected records
+(on the controller, records from every xdist worker arrive here too)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,14 +16,14 @@ from pytest_sdmem.gate.markers import (
     one_value,
     parse_sd_technique,
 )
-from pytest_sdmem.gate.settings import Settings
 from pytest_sdmem.measuring.memory import MemoryReport, MemoryTracker
 
 if TYPE_CHECKING:
-    from pytest_sdmem.estimate.report import Overhead
+    from pytest_sdmem.building.runner import SdPipe
+    from pytest_sdmem.estimate.pipe import EstimatedSdPipe
     from pytest_sdmem.gate.results import TestRecord
-
-SETTINGS = pytest.StashKey[Settings]()
+    from pytest_sdmem.measuring.memory.snapshot import SnapshotRecorder, SnapshotReport
+    from pytest_sdmem.measuring.stats import SpeedupResult
 
 
 @dataclass
@@ -39,31 +40,31 @@ class TestState:
     allocated_before: int | None = None
     call_report: MemoryReport | None = None
     trackers: list[MemoryTracker] = field(default_factory=list)
-    sd_pipe: Any = None
-    speedup: Any = None
+    sd_pipe: SdPipe | EstimatedSdPipe | None = None
+    speedup: SpeedupResult | None = None
     leak_bytes: int | None = None
-    recorder: Any = None
-    snapshot: Any = None
-    overhead: Overhead | None = None
-    estimate_for: str | None = None
+    recorder: SnapshotRecorder | None = None
+    snapshot: SnapshotReport | None = None
 
-    @property
-    def estimates(self) -> list[Any]:
-        """The estimates of the test's generations (``--sdmem-estimate``); empty otherwise."""
-        return getattr(self.sd_pipe, "estimates", None) or []
+    def stop_recording(self, nodeid: str, directory: Path | None,
+                       budget_failed: bool) -> SnapshotReport | None:
+        """Stop the test's allocation recording; on a budget failure, keep what it saw.
 
-    def budget_report(self) -> MemoryReport | None:
-        """The figures a budget applies to: under ``--sdmem-estimate`` the highest estimate
-        (reserved and process with the calibrated overhead of the GPU it stands for); else the
-        highest tracker block if the test used any (it chose what to measure), else its whole
-        call."""
-        if self.estimates:  # --sdmem-estimate: the estimated CUDA peak of each generation
-            return MemoryReport.merge_max(e.to_memory_report(self.overhead)
-                                          for e in self.estimates)
-        blocks = [report for tracker in self.trackers for report in tracker.reports]
-        if blocks:
-            return MemoryReport.merge_max(blocks)
-        return self.call_report
+        CUDA writes a snapshot file for pytorch.org/memory_viz; on the CPU the report (largest
+        live tensors at the peak, with the frames that made them) is saved as JSON beside it,
+        so CI uploads the same kind of artifact from both tiers.
+        """
+        recorder, self.recorder = self.recorder, None
+        if recorder is None or directory is None:
+            return None
+        report = recorder.stop(budget_failed, nodeid, directory)
+        if report is not None and report.path is None:
+            from pytest_sdmem.gate.results import write_json_atomic
+            from pytest_sdmem.measuring.memory.snapshot import snapshot_file_name
+
+            report.path = write_json_atomic(directory / snapshot_file_name(nodeid, ".json"),
+                                            report.to_dict())
+        return report
 
 
 STATE = pytest.StashKey[TestState]()

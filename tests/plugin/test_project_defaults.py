@@ -46,10 +46,10 @@ def test_the_ini_key_names_a_budgets_file_relative_to_the_ini_file(
 
 
 CACHE_DIR_TEST = """
-from pytest_sdmem.plugin.state import SETTINGS
+from pytest_sdmem.plugin.session import session_of
 
 def test_cache_dir(request):
-    print(f"CACHE_DIR={request.config.stash[SETTINGS].cache_dir}|")
+    print(f"CACHE_DIR={session_of(request.config).settings.cache_dir}|")
 """
 
 

@@ -294,6 +294,30 @@ def test_bad_tolerance_specs_are_refused_with_the_accepted_forms(spec: str, mess
     assert isinstance(info.value, UnitError)  # one family of "bad value" errors for the glue
 
 
+def test_the_gate_judges_each_record_as_the_whole_comparison_does(tmp_path: Path) -> None:
+    """``Gate.judge`` compares one record with its baseline record only; what it finds for each
+    test is what the comparison of the whole run finds for it (regressed, unchanged, another
+    model, estimated, new, a test the baseline holds twice)."""
+    from pytest_sdmem.gate.judge import Gate
+
+    base = [record(peak=1_000_000_000), record(nodeid="t.py::test_same"),
+            record(nodeid="t.py::test_model"), record(nodeid="t.py::test_est"),
+            record(nodeid="t.py::test_twice", peak=1_000_000_000),
+            record(nodeid="t.py::test_twice", peak=2_000_000_000)]
+    head = [record(peak=9_000_000_000), record(nodeid="t.py::test_same"),
+            record(nodeid="t.py::test_model", model="sd15"),
+            record(nodeid="t.py::test_est", estimated=True), record(nodeid="t.py::test_new"),
+            record(nodeid="t.py::test_twice", peak=4_000_000_000)]
+    gate = Gate.load(saved(tmp_path / "base.json", *base), None,
+                     {"device": "cuda:0", "device_name": CARD})
+    whole = compare_runs(gate.baseline, RunResults(gate.environment, head), gate.tolerances)
+    for rec in head:
+        assert gate.judge(rec) == whole.for_nodeid(rec.nodeid), rec.nodeid
+    assert [d.status for d in gate.judge(head[0])] == ["regression", "regression"]
+    assert gate.judge(head[2]) == gate.judge(head[3]) == gate.judge(head[4]) == []
+    assert {d.base for d in gate.judge(head[5])} == {2_000_000_000}
+
+
 #: Results files written by pytest-sdmem before the record sections were typed (main at
 #: e8210a5, on the CPU with the tiny model): budgets, a snapshot, latency with its breakdown and
 #: an inconclusive speed-up (measured); a run compared against it (compared); estimates with a

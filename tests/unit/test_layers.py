@@ -51,7 +51,8 @@ def copy_with_import(tmp_path: Path, module: str, imported: str) -> Path:
 
 def test_upward_import_breaks_the_layers(tmp_path: Path) -> None:
     """The check can fail: the statistics importing the estimator is reported."""
-    run = lint_imports(copy_with_import(tmp_path, "measuring/stats.py", "pytest_sdmem.estimate.run"))
+    checkout = copy_with_import(tmp_path, "measuring/stats.py", "pytest_sdmem.estimate.run")
+    run = lint_imports(checkout)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "pytest_sdmem.measuring.stats -> pytest_sdmem.estimate.run" in run.stdout
 

@@ -21,7 +21,12 @@ from pytest_sdmem.gate.sections import MemorySection
 from pytest_sdmem.gate.settings import SettingsError, Workers, build_settings
 from pytest_sdmem.measuring.memory import get_backend
 from pytest_sdmem.measuring.memory.cuda import check_machine, read_gpu, select_device
-from pytest_sdmem.plugin.hooks import environment_header, machine_action, session_baseline, warms_up
+from pytest_sdmem.plugin.machine import (
+    environment_header,
+    machine_action,
+    session_baseline,
+    warms_up,
+)
 
 
 class NVMLError(Exception):
