@@ -23,6 +23,7 @@ from pytest_sdmem.base.errors import NeedsRealRun, TechniqueError
 from pytest_sdmem.base.units import format_size
 from pytest_sdmem.gate.settings import Settings
 from pytest_sdmem.measuring.memory import MemoryReport, MemoryTracker, TrackerError, get_backend
+from pytest_sdmem.measuring.metrics import METRICS, PROCESS
 from pytest_sdmem.plugin.state import TestState
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from pytest_sdmem.estimate.report import Overhead
     from pytest_sdmem.gate.budgets import Budgets
     from pytest_sdmem.gate.markers import MaxVram, MinSpeedup
+    from pytest_sdmem.gate.sections import EstimateSection
     from pytest_sdmem.gate.verdicts import VramVerdict
     from pytest_sdmem.measuring.stats import SpeedupResult
 
@@ -87,7 +89,7 @@ class Mode(ABC):
         """Make the report of a call that skipped (``rep.longrepr`` is the skip's tuple) the
         report of a test to judge, when its budget was checked before the skip."""
 
-    def estimate_section(self, state: TestState) -> dict[str, Any] | None:
+    def estimate_section(self, state: TestState) -> EstimateSection | None:
         """The record's ``estimate``: the last generation's estimate, or None."""
         return None
 
@@ -204,7 +206,7 @@ class Measured(Mode):
     def _judge_budget(self, spec: MaxVram, report: MemoryReport) -> VramVerdict:
         from pytest_sdmem.gate.verdicts import VramVerdict
 
-        if spec.metric == "process" and report.process_peak is None:
+        if spec.metric == PROCESS.name and PROCESS.value(report) is None:
             return VramVerdict(spec, report, error="the 'process' metric is not available "
                                "here: it needs a CUDA device and nvidia-ml-py (pip install "
                                "pytest-sdmem[nvml])")
@@ -309,12 +311,13 @@ class Estimated(Mode):
             return None
         return MemoryReport.merge_max(e.to_memory_report(self.overhead) for e in estimates)
 
-    def estimate_section(self, state: TestState) -> dict[str, Any] | None:
+    def estimate_section(self, state: TestState) -> EstimateSection | None:
+        from pytest_sdmem.gate.sections import EstimateSection
+
         estimates = self.estimates(state)
         if not estimates:
             return None
-        return {**estimates[-1].to_dict(),
-                "overhead": self.overhead.to_dict() if self.overhead else None}
+        return EstimateSection.of(estimates[-1], self.overhead)
 
     def _judge_budget(self, spec: MaxVram, report: MemoryReport) -> VramVerdict:
         """A reserved or process budget on an estimate: the simulation cannot see what that
@@ -324,7 +327,7 @@ class Estimated(Mode):
         silent pass."""
         from pytest_sdmem.gate.verdicts import VramVerdict, metric_value
 
-        if spec.metric == "allocated":
+        if METRICS[spec.metric].overhead is None:  # the estimate's own figure
             return VramVerdict(spec, report)
         overhead = self.overhead
         extra = overhead.for_metric(spec.metric) if overhead is not None else None

@@ -49,6 +49,7 @@ def _record_skipped(item: pytest.Item, rep: pytest.TestReport, state: TestState,
 
 def _judge(item: pytest.Item, call: pytest.CallInfo[None], rep: pytest.TestReport,
            state: TestState, session: Session) -> None:
+    from pytest_sdmem.gate.sections import SnapshotSection, VerdictSection
     from pytest_sdmem.gate.verdicts import BaselineVerdict, SpeedupVerdict
 
     mode = session.mode
@@ -76,10 +77,10 @@ def _judge(item: pytest.Item, call: pytest.CallInfo[None], rep: pytest.TestRepor
     rep.sections.extend(v.as_section() for v in verdicts)
     if snapshot is not None:
         rep.sections.append(snapshot.as_section())
-        record.snapshot = snapshot.to_dict()
+        record.snapshot = SnapshotSection.of(snapshot)
     item.user_properties.extend(properties(state, report))
     record.outcome = rep.outcome
-    record.verdicts = [v.to_dict() for v in verdicts]
+    record.verdicts = [VerdictSection.from_dict(v.to_dict(), "verdicts") for v in verdicts]
     rep.sdmem = record.to_dict()  # plain data: crosses pytest-xdist's wire to the controller
 
 
