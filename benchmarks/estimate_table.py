@@ -26,12 +26,12 @@ import sys
 
 import torch
 
+from pytest_sdmem.base.units import format_size
+from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.estimate import estimate_generation
 from pytest_sdmem.estimate.blas import blas_workspaces
 from pytest_sdmem.estimate.convolution import cudnn_workspace
 from pytest_sdmem.estimate.gpus import Gpu, gpu_for
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.units import format_size
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: SD 1.5's UNet attention at 512x512: the largest call (64x64 latents: 4096 queries, 8 heads,

@@ -107,8 +107,8 @@ def main() -> None:
     else:
         import torch
 
-        from pytest_sdmem.generation import GenerationArgs
-        from pytest_sdmem.runner import make_sd_pipe
+        from pytest_sdmem.building.generation import GenerationArgs
+        from pytest_sdmem.building.runner import make_sd_pipe
 
         torch.set_num_threads(1)
         meta["torch"] = torch.__version__

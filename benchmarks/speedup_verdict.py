@@ -12,7 +12,7 @@ set-up run once per generation whatever the steps, so with t(n) = c + s*n the ra
 For each claimed factor (one well below the ratio, which should pass; one near it; one well
 above, which should fail), ``--repeats`` times:
 
-- ``pytest_sdmem.timing.measure_speedup``, the function behind ``@pytest.mark.min_speedup``,
+- ``measuring.timing.measure_speedup``, the function behind ``@pytest.mark.min_speedup``,
   runs paired rounds (A B B A ...) until its sequential plan (``stats.SequentialPlan``: a
   t-test on log-ratios from pair 3, the distribution-free interval of the median from pair 10
   and alone when the ratios are heavy-tailed) puts the interval above the claim (pass), below
@@ -61,11 +61,11 @@ from pathlib import Path
 
 import torch
 
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.runner import make_sd_pipe
-from pytest_sdmem.stats import DEFAULT_PLAN, SpeedupResult
-from pytest_sdmem.timing import TimeBudgetTooShort, measure_speedup, synchronizer
-from pytest_sdmem.units import format_duration
+from pytest_sdmem.base.units import format_duration
+from pytest_sdmem.building.generation import GenerationArgs
+from pytest_sdmem.building.runner import make_sd_pipe
+from pytest_sdmem.measuring.stats import DEFAULT_PLAN, SpeedupResult
+from pytest_sdmem.measuring.timing import TimeBudgetTooShort, measure_speedup, synchronizer
 
 MODEL = "tiny"
 SIZE = 64
@@ -78,8 +78,8 @@ BENCH_TEST = """
 import pytest
 import torch
 
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.runner import make_sd_pipe
+from pytest_sdmem.building.generation import GenerationArgs
+from pytest_sdmem.building.runner import make_sd_pipe
 
 torch.set_num_threads({threads})
 

@@ -18,18 +18,18 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _PUBLIC: dict[str, str] = {
-    "SdPipe": "pytest_sdmem.runner",  # what the sd_pipe fixture gives on a device
-    "EstimatedSdPipe": "pytest_sdmem.runner",  # what it gives with --sdmem-estimate
-    "make_sd_pipe": "pytest_sdmem.runner",  # an SdPipe outside the fixture
-    "ImageDiff": "pytest_sdmem.runner",  # SdPipe.assert_matches_baseline's result
-    "MemoryTracker": "pytest_sdmem.memory.tracker",  # the cuda_mem_tracker fixture
-    "MemoryReport": "pytest_sdmem.memory.tracker",
-    "TimingResult": "pytest_sdmem.timing",  # SdPipe.latency's result
-    "SpeedupResult": "pytest_sdmem.stats",  # SdPipe.speedup_over's result
-    "parse_technique": "pytest_sdmem.techniques",
-    "TechniqueError": "pytest_sdmem.errors",
-    "parse_size": "pytest_sdmem.units",
-    "format_size": "pytest_sdmem.units",
+    "SdPipe": "pytest_sdmem.building.runner",  # what the sd_pipe fixture gives on a device
+    "EstimatedSdPipe": "pytest_sdmem.estimate.pipe",  # what it gives with --sdmem-estimate
+    "make_sd_pipe": "pytest_sdmem.building.runner",  # an SdPipe outside the fixture
+    "ImageDiff": "pytest_sdmem.building.runner",  # SdPipe.assert_matches_baseline's result
+    "MemoryTracker": "pytest_sdmem.measuring.memory.tracker",  # the cuda_mem_tracker fixture
+    "MemoryReport": "pytest_sdmem.measuring.memory.tracker",
+    "TimingResult": "pytest_sdmem.measuring.timing",  # SdPipe.latency's result
+    "SpeedupResult": "pytest_sdmem.measuring.stats",  # SdPipe.speedup_over's result
+    "parse_technique": "pytest_sdmem.building.techniques",
+    "TechniqueError": "pytest_sdmem.base.errors",
+    "parse_size": "pytest_sdmem.base.units",
+    "format_size": "pytest_sdmem.base.units",
 }
 
 __all__ = [  # the names of _PUBLIC, and the version
@@ -49,13 +49,14 @@ __all__ = [  # the names of _PUBLIC, and the version
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see in place of __getattr__
-    from pytest_sdmem.errors import TechniqueError
-    from pytest_sdmem.memory.tracker import MemoryReport, MemoryTracker
-    from pytest_sdmem.runner import EstimatedSdPipe, ImageDiff, SdPipe, make_sd_pipe
-    from pytest_sdmem.stats import SpeedupResult
-    from pytest_sdmem.techniques import parse_technique
-    from pytest_sdmem.timing import TimingResult
-    from pytest_sdmem.units import format_size, parse_size
+    from pytest_sdmem.base.errors import TechniqueError
+    from pytest_sdmem.base.units import format_size, parse_size
+    from pytest_sdmem.building.runner import ImageDiff, SdPipe, make_sd_pipe
+    from pytest_sdmem.building.techniques import parse_technique
+    from pytest_sdmem.estimate.pipe import EstimatedSdPipe
+    from pytest_sdmem.measuring.memory.tracker import MemoryReport, MemoryTracker
+    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.timing import TimingResult
 
 
 def __getattr__(name: str) -> Any:

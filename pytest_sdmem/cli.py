@@ -17,19 +17,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_sdmem.baseline import BaselineError, compare_runs, load_baseline, load_results
-from pytest_sdmem.budgets import BudgetError
-from pytest_sdmem.calibration import CalibrationError, append_to_budgets, calibrate_files
-from pytest_sdmem.outputs import Location, OutputError, check_locations
-from pytest_sdmem.report.html import render_html
-from pytest_sdmem.report.markdown import render_markdown
-from pytest_sdmem.report.png import PlotUnavailableError, render_png
-from pytest_sdmem.tolerances import (
+from pytest_sdmem.gate.baseline import BaselineError, compare_runs, load_baseline, load_results
+from pytest_sdmem.gate.budgets import BudgetError
+from pytest_sdmem.gate.calibration import CalibrationError, append_to_budgets, calibrate_files
+from pytest_sdmem.gate.outputs import Location, OutputError, check_locations
+from pytest_sdmem.gate.tolerances import (
     ACCEPTED_TOLERANCES,
     DEFAULT_TOLERANCE_SPEC,
     ToleranceError,
     parse_tolerances,
 )
+from pytest_sdmem.report.html import render_html
+from pytest_sdmem.report.markdown import render_markdown
+from pytest_sdmem.report.png import PlotUnavailableError, render_png
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 

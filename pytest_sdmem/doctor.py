@@ -68,7 +68,7 @@ def project_requirements(extras: Iterable[str] = (), root: Path | None = None
     installed or not), else the installed distribution's metadata. An unknown extra is a
     ``ValueError`` naming the known ones.
     """
-    from pytest_sdmem.budgets import parse_toml
+    from pytest_sdmem.gate.budgets import parse_toml
 
     extras = tuple(extras)
     pyproject = (root or Path(__file__).resolve().parents[1]) / "pyproject.toml"
@@ -154,8 +154,8 @@ def gpu_report() -> tuple[list[str], list[str]]:
     what the tier will skip or cannot check is a note."""
     import torch
 
-    from pytest_sdmem.memory.cuda import load_nvml
-    from pytest_sdmem.techniques import parse_technique, unmet_requirements
+    from pytest_sdmem.building.techniques import parse_technique, unmet_requirements
+    from pytest_sdmem.measuring.memory.cuda import load_nvml
 
     if not torch.cuda.is_available():
         return [f"no CUDA device is visible to torch {torch.__version__} (CUDA "

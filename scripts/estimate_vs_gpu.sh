@@ -73,9 +73,9 @@ from pathlib import Path
 import torch
 
 from pytest_sdmem.estimate import estimate_generation, unsupported_reason
-from pytest_sdmem.pipelines import load_pipeline
-from pytest_sdmem.runner import GenerationArgs
-from pytest_sdmem.techniques import apply_techniques, parse_technique, unmet_requirements
+from pytest_sdmem.building.pipelines import load_pipeline
+from pytest_sdmem.building.runner import GenerationArgs
+from pytest_sdmem.building.techniques import apply_techniques, parse_technique, unmet_requirements
 
 technique, size, batch, steps = sys.argv[1], *map(int, sys.argv[2:5])
 cache, checker, bound = Path(sys.argv[5]), sys.argv[6] == "1", sys.argv[7]

@@ -41,10 +41,10 @@ plugin=()
 if ! "$python" - <<'EOF'
 import importlib.metadata as md
 import sys
-sys.exit(not any(ep.value == "pytest_sdmem.plugin" for ep in md.entry_points(group="pytest11")))
+sys.exit(not any(ep.value == "pytest_sdmem.plugin.hooks" for ep in md.entry_points(group="pytest11")))
 EOF
 then
-  plugin=(-p pytest_sdmem.plugin)
+  plugin=(-p pytest_sdmem.plugin.hooks)
 fi
 
 if command -v nvidia-smi >/dev/null; then
@@ -72,7 +72,7 @@ estimate_pid=$!
 # Interrupted or failed before the wait below: the estimate does not outlive the script.
 trap 'kill "$estimate_pid" 2>/dev/null || true' EXIT
 
-# --sdmem-max-time 60: a speed-up verdict needs 3-4 timed pairs (pytest_sdmem.stats.
+# --sdmem-max-time 60: a speed-up verdict needs 3-4 timed pairs (pytest_sdmem.measuring.stats.
 # SequentialPlan); the slowest pair of the tier (SD 1.5 in fp32, 25 steps, or fp16 with model
 # offload at 50 steps, with its baseline) takes a few seconds on an H100, so 60 s holds the
 # first looks many times over and a heavy-tailed run's distribution-free interval (10+ pairs).

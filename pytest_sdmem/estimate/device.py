@@ -27,7 +27,7 @@ import torch
 
 from pytest_sdmem.estimate.allocator import Block, CachingAllocatorModel
 from pytest_sdmem.estimate.peak import PeakPlace, describe_tensor, largest
-from pytest_sdmem.memory.cpu import StorageCounter
+from pytest_sdmem.measuring.memory.cpu import StorageCounter
 
 #: The phase before any model has run (and the name for work outside the models).
 PIPELINE_PHASE = "pipeline"

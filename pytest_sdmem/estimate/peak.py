@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pytest_sdmem.units import format_size
+from pytest_sdmem.base.units import format_size
 
 #: Live blocks listed at the peak, largest first.
 TOP_LIVE = 5

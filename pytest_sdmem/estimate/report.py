@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pytest_sdmem.budgets import Overhead
+from pytest_sdmem.base.units import format_duration, format_size
+from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.estimate.peak import PeakPlace
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.memory.tracker import MemoryReport
-from pytest_sdmem.units import format_duration, format_size
+from pytest_sdmem.measuring.memory.tracker import MemoryReport
 
 #: ``MemoryReport.device`` of an estimate.
 ESTIMATED_DEVICE = "cuda (estimated)"
@@ -44,6 +43,28 @@ NOT_MODELLED: tuple[str, ...] = (
     "back to the host are zeros (the safety checker's verdict only decides whether the host "
     "blanks an image)",
 )
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What a real run on ``device_name`` holds beyond an estimate of it, per metric (bytes;
+    None: not calibrated), and where the figures came from."""
+
+    device_name: str
+    reserved: int | None
+    process: int | None
+    calibrated: str
+
+    def for_metric(self, metric: str) -> int | None:
+        """The bytes to add to the estimated reserved memory for ``metric``; None: unknown.
+        Zero for "allocated": that figure is the estimate's own."""
+        if metric == "allocated":
+            return 0
+        return {"reserved": self.reserved, "process": self.process}[metric]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device_name": self.device_name, "reserved_bytes": self.reserved,
+                "process_bytes": self.process, "calibrated": self.calibrated}
 
 
 @dataclass

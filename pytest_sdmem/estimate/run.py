@@ -43,6 +43,15 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
+from pytest_sdmem.building.pipelines import build_pipeline
+from pytest_sdmem.building.techniques import (
+    Stage,
+    TechniqueError,
+    TechniqueSet,
+    apply_techniques,
+    parse_technique,
+)
 from pytest_sdmem.estimate.attention import CudaAttention
 from pytest_sdmem.estimate.blas import BlasWorkspaces, blas_workspaces
 from pytest_sdmem.estimate.convolution import CudaConvolution
@@ -59,15 +68,6 @@ from pytest_sdmem.estimate.placement import (
     SequentialOffload,
 )
 from pytest_sdmem.estimate.report import EstimateReport
-from pytest_sdmem.generation import GenerationArgs, use_scheduler
-from pytest_sdmem.pipelines import build_pipeline
-from pytest_sdmem.techniques import (
-    Stage,
-    TechniqueError,
-    TechniqueSet,
-    apply_techniques,
-    parse_technique,
-)
 
 #: Steps actually run. Every step runs the same code; what differs between steps is the
 #: scheduler's history and, with group offloading, the prefetching that starts at the second

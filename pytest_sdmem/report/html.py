@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from html import escape
 
+from pytest_sdmem.base.tables import Row, short_label
+from pytest_sdmem.base.units import format_duration, format_size
+from pytest_sdmem.gate.results import RunResults
 from pytest_sdmem.report.markdown import environment_line, incomplete_line
 from pytest_sdmem.report.table import (
     COLUMNS,
@@ -18,9 +21,6 @@ from pytest_sdmem.report.table import (
     memory_bars,
     table_rows,
 )
-from pytest_sdmem.results import RunResults
-from pytest_sdmem.tables import Row, short_label
-from pytest_sdmem.units import format_duration, format_size
 
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #1f2328; }

@@ -6,10 +6,10 @@ a PR comment is the string the test log printed.
 
 from __future__ import annotations
 
+from pytest_sdmem.base.tables import escape_cell, markdown_table
+from pytest_sdmem.base.units import UnitError, check_number, format_size
+from pytest_sdmem.gate.results import RunResults
 from pytest_sdmem.report.table import COLUMNS, table_rows
-from pytest_sdmem.results import RunResults
-from pytest_sdmem.tables import escape_cell, markdown_table
-from pytest_sdmem.units import UnitError, check_number, format_size
 
 
 def environment_line(environment: dict[str, object]) -> str:

@@ -10,10 +10,10 @@ import io
 from collections.abc import Callable
 from typing import Any
 
+from pytest_sdmem.base.tables import short_label
+from pytest_sdmem.base.units import format_duration, format_size
+from pytest_sdmem.gate.results import RunResults
 from pytest_sdmem.report.table import Bar, latency_bars, memory_bars
-from pytest_sdmem.results import RunResults
-from pytest_sdmem.tables import short_label
-from pytest_sdmem.units import format_duration, format_size
 
 
 class PlotUnavailableError(RuntimeError):

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_sdmem.results import TestRecord
-from pytest_sdmem.tables import Row, text_table
-from pytest_sdmem.units import format_duration, format_size
+from pytest_sdmem.base.tables import Row, text_table
+from pytest_sdmem.base.units import format_duration, format_size
+from pytest_sdmem.gate.results import TestRecord
 
 COLUMNS = (
     "test",

@@ -11,11 +11,6 @@ import diffusers  # noqa: F401
 import pytest
 import torch._dynamo  # noqa: F401
 
-import pytest_sdmem.memory.cpu
-import pytest_sdmem.memory.snapshot
-import pytest_sdmem.pipelines
-import pytest_sdmem.runner  # noqa: F401
-
 
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,7 +116,7 @@ def test_reserved_budgets_of_an_estimate_take_the_gpus_calibrated_overhead(
     pytester: pytest.Pytester, model_cache: Path
 ) -> None:
     from pytest_sdmem.cli import main
-    from pytest_sdmem.results import RunResults
+    from pytest_sdmem.gate.results import RunResults
 
     card = "NVIDIA Test GPU"
     budgets = pytester.path / "budgets.toml"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_sdmem.cli import main as sdmem_main
-from pytest_sdmem.results import RunResults, TestRecord
+from pytest_sdmem.gate.results import RunResults, TestRecord
 
 BIG = "1" + "0" * 400  # an integer past float range, as a literal in Python, JSON or TOML
 
@@ -409,7 +409,7 @@ def test_a_corrupted_cache_entry_is_rebuilt_naming_the_file(
     test runs as on a clean cache."""
     import shutil
 
-    from pytest_sdmem.pipelines.cache import ensure_cached
+    from pytest_sdmem.building.pipelines.cache import ensure_cached
 
     name, corrupt, named = HOSTILE_CACHE[case]
     entry = ensure_cached("tiny", model_cache)
@@ -418,7 +418,7 @@ def test_a_corrupted_cache_entry_is_rebuilt_naming_the_file(
     pytester.makepyfile("def test_generates(sd_pipe):\n    assert sd_pipe(num_inference_steps=1,"
                         " height=32, width=32).shape[0] == 1\n")
     result = pytester.runpytest(f"--sdmem-cache-dir={tmp_path / 'cache'}", "-rA",
-                                "-W", "always::pytest_sdmem.pipelines.cache.CacheWarning")
+                                "-W", "always::pytest_sdmem.building.pipelines.cache.CacheWarning")
     output = result.stdout.str() + result.stderr.str()
     assert_clean(output)
     result.assert_outcomes(passed=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.timing import BREAKDOWN_FIGURES
+from pytest_sdmem.measuring.timing import BREAKDOWN_FIGURES
 
 
 def test_the_breakdown_is_recorded_reported_and_tabled(pytester: pytest.Pytester,

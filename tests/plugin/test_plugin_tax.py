@@ -18,11 +18,11 @@ HEAVY = ("torch", "diffusers", "transformers")
 PROBE = textwrap.dedent("""
     import json, sys
     import pytest
-    import pytest_sdmem.plugin  # what the pytest11 entry point imports
+    import pytest_sdmem.plugin.hooks  # what the pytest11 entry point imports
     after_import = sorted(m for m in {heavy!r} if m in sys.modules)
     code = pytest.main(["-q", "-p", "no:cacheprovider", {args}])
     print(json.dumps({{"after_import": after_import, "exit": int(code),
-                      "loaded": "pytest_sdmem.plugin" in sys.modules,
+                      "loaded": "pytest_sdmem.plugin.hooks" in sys.modules,
                       "after_run": sorted(m for m in {heavy!r} if m in sys.modules)}}))
 """)
 

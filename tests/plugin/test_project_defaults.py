@@ -46,7 +46,7 @@ def test_the_ini_key_names_a_budgets_file_relative_to_the_ini_file(
 
 
 CACHE_DIR_TEST = """
-from pytest_sdmem.state import SETTINGS
+from pytest_sdmem.plugin.state import SETTINGS
 
 def test_cache_dir(request):
     print(f"CACHE_DIR={request.config.stash[SETTINGS].cache_dir}|")

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend
+from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend
 
 MB = 2**20
 
@@ -40,7 +40,7 @@ def test_a_failed_test_leaves_nothing_in_the_next_tests_peak(pytester: pytest.Py
             assert y.sum() > 0
         """
     )
-    result = pytester.runpytest("-W", "error::pytest_sdmem.plugin.SdmemLeakWarning")
+    result = pytester.runpytest("-W", "error::pytest_sdmem.plugin.hooks.SdmemLeakWarning")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.no_fnmatch_line("*left * of cpu memory*")
 

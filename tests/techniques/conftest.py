@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_sdmem.memory import MemoryTracker
+from pytest_sdmem.measuring.memory import MemoryTracker
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pytest_sdmem.memory import MemoryReport, MemoryTracker
-from pytest_sdmem.runner import SdPipe
-from pytest_sdmem.techniques import TechniqueSet, example_unet_inputs
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.building.techniques import TechniqueSet, example_unet_inputs
+from pytest_sdmem.measuring.memory import MemoryReport, MemoryTracker
 
 #: Steps a memory claim on SD 1.5 needs with its PNDM scheduler (skip_prk_steps): a memory
 #: claim does not depend on the step count once every step has run its full set of tensors.

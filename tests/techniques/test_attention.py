@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from probes import unet_step
 
-from pytest_sdmem.memory import MemoryTracker
-from pytest_sdmem.runner import SdPipe
-from pytest_sdmem.techniques import parse_technique, unmet_requirements
-from pytest_sdmem.units import format_size
+from pytest_sdmem.base.units import format_size
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.building.techniques import parse_technique, unmet_requirements
+from pytest_sdmem.measuring.memory import MemoryTracker
 
 #: The guide's "original": fp32 and the classic processor that materialises the whole
 #: attention matrix (batch x heads x tokens x tokens) in every attention layer.

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_sdmem.runner import SdPipe
-from pytest_sdmem.techniques import PRESETS
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.building.techniques import PRESETS
 
 #: torch.compile in place of the traced UNet (tracing is deprecated): today's way to the third
 #: row, held to at least the traced row's threshold.

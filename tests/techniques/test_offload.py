@@ -11,9 +11,9 @@ import pytest
 import torch
 from probes import unet_step, without
 
-from pytest_sdmem.memory import MemoryTracker
-from pytest_sdmem.runner import SdPipe
-from pytest_sdmem.units import format_size
+from pytest_sdmem.base.units import format_size
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.measuring.memory import MemoryTracker
 
 #: Memory does not depend on the number of steps, and sequential offload moves every weight to
 #: the GPU and back at each step: diffusers' own offload tests run 5.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from probes import without
 
-from pytest_sdmem.options import resolve
-from pytest_sdmem.runner import SdPipe
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.plugin.options import resolve
 
 
 def gpu_run(config: pytest.Config) -> bool:

@@ -20,10 +20,10 @@ from probes import (
     without,
 )
 
-from pytest_sdmem.memory import MemoryTracker
-from pytest_sdmem.runner import SdPipe, compare_images
-from pytest_sdmem.techniques import SAME_MATH
-from pytest_sdmem.units import format_size
+from pytest_sdmem.base.units import format_size
+from pytest_sdmem.building.runner import SdPipe, compare_images
+from pytest_sdmem.building.techniques import SAME_MATH
+from pytest_sdmem.measuring.memory import MemoryTracker
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from probes import load, unet_step, without
 
-from pytest_sdmem.memory import MemoryTracker
-from pytest_sdmem.runner import SdPipe
-from pytest_sdmem.units import format_size
+from pytest_sdmem.base.units import format_size
+from pytest_sdmem.building.runner import SdPipe
+from pytest_sdmem.measuring.memory import MemoryTracker
 
 
 @pytest.mark.parametrize("sd_pipe", ["fp16", "bf16"], indirect=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem import atomic
-from pytest_sdmem.atomic import write_atomic
+from pytest_sdmem.base import atomic
+from pytest_sdmem.base.atomic import write_atomic
 
 
 def test_text_and_bytes_land_whole_with_the_umask_mode(tmp_path: Path) -> None:

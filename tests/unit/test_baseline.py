@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.baseline import (
+from pytest_sdmem.base.units import UnitError
+from pytest_sdmem.gate.baseline import (
     REFRESH_HINT,
     BaselineError,
     Comparison,
@@ -21,15 +22,14 @@ from pytest_sdmem.baseline import (
     load_baseline,
     load_results,
 )
-from pytest_sdmem.results import RunResults, TestRecord
-from pytest_sdmem.tolerances import (
+from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.tolerances import (
     DEFAULT_TOLERANCE_SPEC,
     DEFAULT_TOLERANCES,
     Tolerance,
     ToleranceError,
     parse_tolerances,
 )
-from pytest_sdmem.units import UnitError
 
 CARD = "NVIDIA A10G"
 NODE = "tests/techniques/test_claims.py::test_vae_slicing"

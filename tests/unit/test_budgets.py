@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.budgets import BudgetError, Budgets, load_budgets
+from pytest_sdmem.gate.budgets import BudgetError, Budgets, load_budgets
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.pipelines import cache
-from pytest_sdmem.pipelines.cache import CacheWarning, cache_key, ensure_cached, entry_problem
+from pytest_sdmem.building.pipelines import cache
+from pytest_sdmem.building.pipelines.cache import (
+    CacheWarning,
+    cache_key,
+    ensure_cached,
+    entry_problem,
+)
 
 KEY = cache_key("tiny")
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.budgets import BudgetError, load_budgets
-from pytest_sdmem.calibration import CalibrationError, append_to_budgets, calibrate
 from pytest_sdmem.cli import main
-from pytest_sdmem.results import RunResults, TestRecord
+from pytest_sdmem.gate.budgets import BudgetError, load_budgets
+from pytest_sdmem.gate.calibration import CalibrationError, append_to_budgets, calibrate
+from pytest_sdmem.gate.results import RunResults, TestRecord
 
 GPU = "NVIDIA H100 80GB HBM3"
 MIB = 2**20

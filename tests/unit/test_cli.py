@@ -19,7 +19,7 @@ import yaml
 
 import pytest_sdmem
 from pytest_sdmem.cli import build_parser, main
-from pytest_sdmem.results import RunResults, TestRecord
+from pytest_sdmem.gate.results import RunResults, TestRecord
 
 PROJECT = Path(pytest_sdmem.__file__).resolve().parents[1]
 WORKFLOW = PROJECT / ".github" / "workflows" / "gpu-gate.yml"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_sdmem.compat import history_clears_on_start, start_memory_history
+from pytest_sdmem.base.compat import history_clears_on_start, start_memory_history
 
 Record = Callable[..., None]
 

@@ -10,6 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pytest_sdmem.building.generation import GenerationArgs
+from pytest_sdmem.building.pipelines import ModelError, build_pipeline
+from pytest_sdmem.building.techniques import REGISTRY, TechniqueSet, parse_technique
 from pytest_sdmem.estimate import (
     DEFAULT_MAX_STEPS,
     ESTIMATED_DEVICE,
@@ -20,9 +23,6 @@ from pytest_sdmem.estimate import (
 )
 from pytest_sdmem.estimate.allocator import round_size
 from pytest_sdmem.estimate.placement import apply_order
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.pipelines import ModelError, build_pipeline
-from pytest_sdmem.techniques import REGISTRY, TechniqueSet, parse_technique
 
 TINY_ARGS = GenerationArgs(num_inference_steps=2, height=64, width=64)
 MODELLED = ("none", "fp16", "bf16", "sdpa", "attention_slicing", "attention_slicing(1)",

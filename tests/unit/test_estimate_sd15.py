@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.budgets import load_budgets
+from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.estimate import EstimateReport, estimate_generation
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.memory.host import METHOD_RESET, HostRssMeter
+from pytest_sdmem.gate.budgets import load_budgets
+from pytest_sdmem.measuring.memory.host import METHOD_RESET, HostRssMeter
 
 ARGS = GenerationArgs(num_inference_steps=2)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from pytest_sdmem.baseline import compare_runs, load_baseline, load_results
 from pytest_sdmem.cli import main
-from pytest_sdmem.results import RunResults, TestRecord
+from pytest_sdmem.gate.baseline import compare_runs, load_baseline, load_results
+from pytest_sdmem.gate.results import RunResults, TestRecord
 
 NODE = "tests/techniques/test_vae.py::test_vae_slicing"
 GENERATION = {"model": "tiny", "height": 32, "width": 32, "steps": 1, "batch_size": 1,

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from pytest_sdmem import doctor
+from pytest_sdmem.building.techniques import triton_build_problem
 from pytest_sdmem.doctor import requirement_problems
-from pytest_sdmem.techniques import triton_build_problem
 
 
 @pytest.fixture

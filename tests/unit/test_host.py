@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_sdmem.memory import MemoryTracker, get_backend
-from pytest_sdmem.memory.host import (
+from pytest_sdmem.measuring.memory import MemoryTracker, get_backend
+from pytest_sdmem.measuring.memory.host import (
     HOST_RSS,
     METHOD_RESET,
     METHOD_VMHWM_LIFETIME,

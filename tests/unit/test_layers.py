@@ -44,7 +44,7 @@ def test_upward_import_breaks_the_layers(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "pytest_sdmem", tmp_path / "pytest_sdmem",
                     ignore=shutil.ignore_patterns("__pycache__"))
     run_py = tmp_path / "pytest_sdmem" / "estimate" / "run.py"
-    run_py.write_text(run_py.read_text() + "\nfrom pytest_sdmem.runner import SdPipe\n")
+    run_py.write_text(run_py.read_text() + "\nfrom pytest_sdmem.building.runner import SdPipe\n")
     run = lint_imports(tmp_path)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "pytest_sdmem.estimate.run -> pytest_sdmem.runner" in run.stdout
+    assert "pytest_sdmem.estimate.run -> pytest_sdmem.building.runner" in run.stdout

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_sdmem.baseline import compare_runs, environment_differences
-from pytest_sdmem.memory import get_backend
-from pytest_sdmem.memory.cuda import check_machine, read_gpu, select_device
-from pytest_sdmem.plugin import environment_header, machine_action, session_baseline, warms_up
-from pytest_sdmem.results import RunResults, TestRecord
-from pytest_sdmem.settings import SettingsError, Workers, build_settings
+from pytest_sdmem.gate.baseline import compare_runs, environment_differences
+from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.gate.settings import SettingsError, Workers, build_settings
+from pytest_sdmem.measuring.memory import get_backend
+from pytest_sdmem.measuring.memory.cuda import check_machine, read_gpu, select_device
+from pytest_sdmem.plugin.hooks import environment_header, machine_action, session_baseline, warms_up
 
 
 class NVMLError(Exception):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pytest_sdmem.markers import (
+from pytest_sdmem.gate.markers import (
     MARKERS,
     MarkerError,
     MaxVram,

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.testing._internal.two_tensor import TwoTensor
 
-from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend, normalize_device
-from pytest_sdmem.memory.cpu import CpuBackend, StorageCounter
+from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend, normalize_device
+from pytest_sdmem.measuring.memory.cpu import CpuBackend, StorageCounter
 
 MIB = 2**20
 
@@ -201,7 +201,7 @@ def test_threads_are_entered_only_once_a_cpu_backend_exists() -> None:
     probe = textwrap.dedent("""
         import threading
         import torch
-        from pytest_sdmem.memory import get_backend, threads
+        from pytest_sdmem.measuring.memory import get_backend, threads
 
         def started_thread():
             seen = []

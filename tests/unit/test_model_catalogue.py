@@ -10,7 +10,7 @@ import diffusers
 import pytest
 import torch
 
-from pytest_sdmem.pipelines import (
+from pytest_sdmem.building.pipelines import (
     DEFAULT_PROMPT,
     FAMILIES,
     PARAMETER_COUNTS,

@@ -18,8 +18,8 @@ import torch
 from diffusers import DDIMScheduler, PNDMScheduler
 from transformers import CLIPImageProcessorPil
 
-from pytest_sdmem import pipelines
-from pytest_sdmem.pipelines import (
+from pytest_sdmem.building import pipelines
+from pytest_sdmem.building.pipelines import (
     DEFAULT_PROMPT,
     SD15_PARAMETER_COUNTS,
     SD15_TILE_THRESHOLD,
@@ -31,9 +31,9 @@ from pytest_sdmem.pipelines import (
     ensure_cached,
     load_pipeline,
 )
-from pytest_sdmem.pipelines import cache as cache_module
-from pytest_sdmem.pipelines.cache import MARKER_NAME, entry_name, is_complete
-from pytest_sdmem.pipelines.quiet import quiet_backend_fallbacks, quiet_progress_bars
+from pytest_sdmem.building.pipelines import cache as cache_module
+from pytest_sdmem.building.pipelines.cache import MARKER_NAME, entry_name, is_complete
+from pytest_sdmem.building.pipelines.quiet import quiet_backend_fallbacks, quiet_progress_bars
 
 PROJECT_ROOT = Path(pipelines.__file__).resolve().parents[2]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -245,8 +245,8 @@ def test_reload_works_with_the_network_blocked(tiny_cache: Path) -> None:
         socket.create_connection = socket.getaddrinfo = blocked
 
         import numpy as np, torch
-        from pytest_sdmem.pipelines import ModelError, load_pipeline
-        from pytest_sdmem.pipelines import cache
+        from pytest_sdmem.building.pipelines import ModelError, load_pipeline
+        from pytest_sdmem.building.pipelines import cache
 
         def no_rebuild(*args, **kwargs):
             raise AssertionError("the cached entry should have been loaded, not rebuilt")

@@ -7,9 +7,9 @@ import ast
 import re
 from pathlib import Path
 
-from pytest_sdmem.options import OPTIONS
-from pytest_sdmem.techniques import PRESETS, REGISTRY
-from pytest_sdmem.units import parse_size
+from pytest_sdmem.base.units import parse_size
+from pytest_sdmem.building.techniques import PRESETS, REGISTRY
+from pytest_sdmem.plugin.options import OPTIONS
 
 ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

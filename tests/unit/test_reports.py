@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from pytest_sdmem.cli import main
+from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.report.html import render_html
 from pytest_sdmem.report.markdown import render_markdown
 from pytest_sdmem.report.png import PlotUnavailableError, render_png
 from pytest_sdmem.report.table import COLUMNS, render_text, table_rows
-from pytest_sdmem.results import RunResults, TestRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HOSTILE = 'tests/t.py::test_x[<script>alert("x")</script>|a&b]'
@@ -186,7 +186,7 @@ def test_a_speedup_without_an_interval_is_reported_and_compared(
     """A min_speedup whose time budget ran out before it had the pairs for an interval
     (``--sdmem-max-time 1`` on a loaded machine): ``ci_low``/``ci_high`` are null in the results
     file, and every report and the comparison take it as the inconclusive result it is."""
-    from pytest_sdmem.stats import SpeedupResult
+    from pytest_sdmem.measuring.stats import SpeedupResult
 
     speedup = SpeedupResult.from_pairs([0.1, 0.1], [0.125, 0.125], factor=1.5,
                                        stop_reason="max_time", elapsed=0.5)

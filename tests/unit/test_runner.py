@@ -10,21 +10,26 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_sdmem.generation import GenerationArgs
-from pytest_sdmem.pipelines import DEFAULT_PROMPT, ensure_cached
-from pytest_sdmem.report.table import COLUMNS, table_rows
-from pytest_sdmem.results import RunResults, TestRecord
-from pytest_sdmem.runner import (
+from pytest_sdmem.base.units import format_duration
+from pytest_sdmem.building.generation import GenerationArgs
+from pytest_sdmem.building.pipelines import DEFAULT_PROMPT, ensure_cached
+from pytest_sdmem.building.runner import (
     ImageDiff,
     SdPipe,
     UnmetRequirementError,
     compare_images,
     make_sd_pipe,
 )
-from pytest_sdmem.stats import SpeedupResult
-from pytest_sdmem.techniques import SAME_MATH, ApplyContext, TechniqueError, parse_technique
-from pytest_sdmem.timing import ROUND_PARTS, TimingResult
-from pytest_sdmem.units import format_duration
+from pytest_sdmem.building.techniques import (
+    SAME_MATH,
+    ApplyContext,
+    TechniqueError,
+    parse_technique,
+)
+from pytest_sdmem.gate.results import RunResults, TestRecord
+from pytest_sdmem.measuring.stats import SpeedupResult
+from pytest_sdmem.measuring.timing import ROUND_PARTS, TimingResult
+from pytest_sdmem.report.table import COLUMNS, table_rows
 
 DEFAULTS = GenerationArgs(num_inference_steps=2, height=32, width=32)
 

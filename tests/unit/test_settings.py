@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_sdmem.settings import SettingsError, build_settings
+from pytest_sdmem.gate.settings import SettingsError, build_settings
 
 CACHE = Path("/tmp/cache")
 
@@ -61,7 +61,7 @@ def test_bad_values(raw: dict, fragment: str) -> None:
 
 
 def test_each_xdist_worker_gets_its_own_gpu() -> None:
-    from pytest_sdmem.settings import Workers
+    from pytest_sdmem.gate.settings import Workers
 
     assert build_settings({"gpu": True}, CACHE, two_gpus, Workers(2, 1)).device == "cuda:1"
     with pytest.raises(SettingsError, match="-n 3 starts more pytest-xdist workers than the 2"):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_sdmem.memory import MemoryTracker, TrackerError, get_backend
-from pytest_sdmem.memory import cpu as cpu_module
-from pytest_sdmem.memory.frames import MEMORY_VIZ_URL, FrameFilter
-from pytest_sdmem.memory.snapshot import (
+from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend
+from pytest_sdmem.measuring.memory import cpu as cpu_module
+from pytest_sdmem.measuring.memory.frames import MEMORY_VIZ_URL, FrameFilter
+from pytest_sdmem.measuring.memory.snapshot import (
     CudaSnapshotRecorder,
     SnapshotRecorder,
     parse_cuda_snapshot,

@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 
 from benchmarks.verdict_simulation import SYNTHETIC, Scenario, synthetic, t_track_wrong
-from pytest_sdmem.stats import (
+from pytest_sdmem.measuring.stats import (
     DEFAULT_PLAN,
     SequentialPlan,
     SpeedupResult,

@@ -26,8 +26,8 @@ from diffusers.models.attention_processor import (
 )
 from torch._dynamo.utils import counters
 
-from pytest_sdmem.pipelines import TINY_TILE_THRESHOLD, ensure_cached, load_pipeline
-from pytest_sdmem.techniques import (
+from pytest_sdmem.building.pipelines import TINY_TILE_THRESHOLD, ensure_cached, load_pipeline
+from pytest_sdmem.building.techniques import (
     PRESETS,
     REGISTRY,
     TILED,

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import pytest
 
-from pytest_sdmem import timing
-from pytest_sdmem.timing import (
+from pytest_sdmem.measuring import timing
+from pytest_sdmem.measuring.timing import (
     BREAKDOWN_FIGURES,
     CLOCK_TICK,
     LatencyBreakdown,

@@ -7,14 +7,14 @@ import gc
 import pytest
 import torch
 
-from pytest_sdmem.memory import (
+from pytest_sdmem.measuring.memory import (
     MemoryReport,
     MemoryTracker,
     NestedTrackerError,
     TrackerError,
     get_backend,
 )
-from pytest_sdmem.memory.host import describe_method
+from pytest_sdmem.measuring.memory.host import describe_method
 
 MIB = 2**20
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_sdmem.units import (
+from pytest_sdmem.base.units import (
     UnitError,
     check_number,
     format_duration,
