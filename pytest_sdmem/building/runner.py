@@ -23,7 +23,12 @@ import numpy as np
 import torch
 
 from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
-from pytest_sdmem.building.pipelines import SYNTHETIC_MODELS, ensure_cached, load_pipeline
+from pytest_sdmem.building.pipelines import (
+    SYNTHETIC_MODELS,
+    ensure_cached,
+    get_spec,
+    load_pipeline,
+)
 from pytest_sdmem.building.techniques import (
     OutputTolerance,
     Pipe,
@@ -122,7 +127,7 @@ class PipelineLoader:
         if reasons:
             raise UnmetRequirementError(ts, self.device, reasons)
         pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir,
-                             safety_checker=self.safety_checker)
+                             safety_checker=self.safety_checker, device=self.device)
         return apply_techniques(pipe, ts, args.context(self.device))
 
 
@@ -358,11 +363,12 @@ class SdPipe:
 def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path | str,
                  defaults: GenerationArgs | None = None, *,
                  safety_checker: bool = False) -> SdPipe:
-    """Load ``model`` (``tiny``, ``sd15``, a directory or a hub id) with ``technique_expr``
+    """Load ``model`` (a synthetic model's name, a directory or a hub id) with ``technique_expr``
     applied for ``device``. A technique that cannot run there raises UnmetRequirementError
     (the plugin skips such tests at collection, so this is the backstop)."""
     defaults = defaults or GenerationArgs()
-    if model in SYNTHETIC_MODELS:  # built before the load is timed: its load is from the cache
+    if model in SYNTHETIC_MODELS and get_spec(model).cached:
+        # Built before the load is timed: its load is from the cache.
         ensure_cached(model, Path(cache_dir), safety_checker=safety_checker)
     loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
     return _load(loader, parse_technique(technique_expr), device, defaults)

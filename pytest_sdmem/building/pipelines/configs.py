@@ -92,7 +92,9 @@ class ModelSpec:
     ``text_encoder``, ``text_encoder_2``, ...) to its component; ``tokenizers`` maps each
     tokenizer keyword to its kind ("clip" or "t5"), built in memory by ``pipelines.tokenizer``.
     The safety checker fields are set for the families whose pipeline has one (SD 1.x).
-    ``dtype`` is the dtype the model is published and run in.
+    ``dtype`` is the dtype the model is published and run in. ``cached``: whether the model
+    is saved to the on-disk cache and loaded with ``from_pretrained``; the large ones (SDXL,
+    SD 3, Flux: cache entries of 20 to 100 GB) are built directly on their GPU instead.
     """
 
     name: str
@@ -104,6 +106,7 @@ class ModelSpec:
     scheduler: dict[str, Any]
     defaults: Defaults
     dtype: str = "float16"
+    cached: bool = True
     safety_checker_vision: dict[str, Any] | None = None
     safety_checker_projection_dim: int | None = None
     feature_extractor: dict[str, Any] | None = field(default=None)
@@ -133,6 +136,7 @@ class ModelSpec:
             "scheduler": self.scheduler,
             "defaults": self.defaults.as_dict(),
             "dtype": self.dtype,
+            "cached": self.cached,
             "safety_checker_vision": self.safety_checker_vision,
             "safety_checker_projection_dim": self.safety_checker_projection_dim,
             "feature_extractor": self.feature_extractor,
@@ -385,6 +389,7 @@ SDXL = ModelSpec(
     scheduler_class="EulerDiscreteScheduler",
     scheduler=_SDXL_SCHEDULER,
     defaults=Defaults(50, 5.0, 1024, 1024),
+    cached=False,
 )
 
 TINY_SDXL = ModelSpec(
@@ -440,6 +445,7 @@ SD3 = ModelSpec(
     scheduler_class="FlowMatchEulerDiscreteScheduler",
     scheduler=_SD3_SCHEDULER,
     defaults=Defaults(28, 7.0, 1024, 1024, max_sequence_length=256),
+    cached=False,
 )
 
 TINY_SD3 = ModelSpec(
@@ -495,6 +501,7 @@ def _flux(name: str, guidance: bool, scheduler: dict[str, Any], defaults: Defaul
         scheduler=scheduler,
         defaults=defaults,
         dtype="bfloat16",
+        cached=tiny,
     )
 
 

@@ -1,4 +1,5 @@
-"""``load_pipeline``: a synthetic model from the cache, or a real one from a path or the hub.
+"""``load_pipeline``: a synthetic model from the cache (or built on its GPU), or a real one
+from a path or the hub, with the pipeline class its ``model_index.json`` names.
 
 Everything goes through ``from_pretrained(..., use_safetensors=True)``: a regression gate on a
 shared runner must not execute code from a checkpoint, and pickle weights can. Failures to
@@ -13,18 +14,27 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from pytest_sdmem.building.pipelines.cache import HALF_VARIANT, ensure_cached
-from pytest_sdmem.building.pipelines.configs import SYNTHETIC_MODELS
+from pytest_sdmem.building.pipelines.build import build_pipeline
+from pytest_sdmem.building.pipelines.cache import HALF_VARIANT, ensure_cached, entry_cost
+from pytest_sdmem.building.pipelines.configs import SYNTHETIC_MODELS, TINY_MODELS, get_spec
 from pytest_sdmem.building.pipelines.errors import ModelError
 from pytest_sdmem.building.pipelines.quiet import quiet_progress_bars
 
 #: Weight files that are Python pickles (torch.save / legacy checkpoints).
 PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
+#: The diffusers pipeline classes of the supported families, as model_index.json names them.
+PIPELINE_CLASSES: tuple[str, ...] = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "StableDiffusion3Pipeline",
+    "FluxPipeline",
+)
 _ACCEPTED = (
     f"expected one of {', '.join(SYNTHETIC_MODELS)}, a local diffusers pipeline directory "
     "(saved with save_pretrained, safetensors weights) or a Hugging Face hub id such as "
@@ -39,8 +49,11 @@ def hub_offline() -> bool:
     return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _safety_kwargs(safety_checker: bool) -> dict[str, Any]:
-    return {} if safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+def _safety_kwargs(pipeline_class: str, safety_checker: bool) -> dict[str, Any]:
+    """Without its safety checker, for the one class of the families that has one."""
+    if safety_checker or pipeline_class != "StableDiffusionPipeline":
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def _pickle_error(model: str, where: str, files: list[str], convert: str) -> ModelError:
@@ -82,7 +95,7 @@ def refuse_pickle_only(model: str, directory: Path, *, safety_checker: bool) -> 
         return
     if (directory / "model_index.json").is_file():
         convert = (
-            f"StableDiffusionPipeline.from_pretrained({str(directory)!r}, use_safetensors=False)"
+            f"DiffusionPipeline.from_pretrained({str(directory)!r}, use_safetensors=False)"
             f".save_pretrained({str(directory)!r}, safe_serialization=True)"
         )
     else:
@@ -126,10 +139,24 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def pipeline_class_of(model: str, source: str, *, local_only: bool) -> str:
+    """The pipeline class ``source``'s model_index.json names (read alone, before any weight),
+    or a ModelError when it is not one of the supported families'."""
+    with quiet_progress_bars():
+        config = DiffusionPipeline.load_config(source, local_files_only=local_only)
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if name not in PIPELINE_CLASSES:
+        raise ModelError(
+            f"model {model!r} is a {name or 'pipeline without a _class_name'} "
+            f"(its model_index.json): pytest-sdmem loads {', '.join(PIPELINE_CLASSES)}"
+        )
+    return str(name)
+
+
 def _from_pretrained(
     source: str, *, dtype: torch.dtype, local_only: bool, safety_checker: bool,
-    variant: str | None = None,
-) -> StableDiffusionPipeline:
+    pipeline_class: str, variant: str | None = None,
+) -> DiffusionPipeline:
     """``from_pretrained`` with ``torch_dtype``, the keyword every supported diffusers accepts.
 
     diffusers 0.42 prefers ``dtype`` and warns about ``torch_dtype`` (removal planned for 1.0),
@@ -137,25 +164,26 @@ def _from_pretrained(
     """
     with quiet_progress_bars(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`torch_dtype` is deprecated", FutureWarning)
-        return StableDiffusionPipeline.from_pretrained(
+        return getattr(diffusers, pipeline_class).from_pretrained(
             source,
             torch_dtype=dtype,
             use_safetensors=True,
             local_files_only=local_only,
             variant=variant,
-            **_safety_kwargs(safety_checker),
+            **_safety_kwargs(pipeline_class, safety_checker),
         )
 
 
 def _load_external(
     model: str, *, dtype: torch.dtype, safety_checker: bool
-) -> StableDiffusionPipeline:
+) -> DiffusionPipeline:
     path = Path(model).expanduser()
     if path.exists():
         source = _local_source(model, path, safety_checker=safety_checker)
         try:
             return _from_pretrained(
-                source, dtype=dtype, local_only=True, safety_checker=safety_checker
+                source, dtype=dtype, local_only=True, safety_checker=safety_checker,
+                pipeline_class=pipeline_class_of(model, source, local_only=True),
             )
         except (OSError, ValueError) as exc:
             raise ModelError(
@@ -167,7 +195,8 @@ def _load_external(
     offline = hub_offline()
     try:
         return _from_pretrained(
-            model, dtype=dtype, local_only=offline, safety_checker=safety_checker
+            model, dtype=dtype, local_only=offline, safety_checker=safety_checker,
+            pipeline_class=pipeline_class_of(model, model, local_only=offline),
         )
     except (OSError, ValueError) as exc:
         if offline:
@@ -183,6 +212,20 @@ def _load_external(
         raise ModelError(f"model {model!r} {reason}. Cause: {_first_line(exc)}") from exc
 
 
+def _build_on_device(model: str, *, dtype: torch.dtype, device: str | None,
+                     seed: int) -> DiffusionPipeline:
+    """A full-size model that is not cached: built on its GPU in ``dtype`` (seconds), or a
+    ModelError saying why not on a CPU and what to run there instead."""
+    if device is None or torch.device(device).type in ("cpu", "meta"):
+        tiny = TINY_MODELS[get_spec(model).family]
+        raise ModelError(
+            f"synthetic model {model!r} is built directly on a GPU (--gpu); on a CPU it would "
+            f"need {entry_cost(model)} a cache entry. On a CPU use its tiny variant {tiny!r}, "
+            "or --sdmem-estimate for its GPU memory"
+        )
+    return build_pipeline(model, seed=seed, device=device, dtype=dtype)
+
+
 def load_pipeline(
     model: str,
     *,
@@ -190,19 +233,26 @@ def load_pipeline(
     cache_dir: Path,
     seed: int = 0,
     safety_checker: bool = False,
-) -> StableDiffusionPipeline:
-    """A fresh ``StableDiffusionPipeline`` on the CPU, weights in ``dtype``.
+    device: str | None = None,
+) -> DiffusionPipeline:
+    """A fresh pipeline of its family's class, weights in ``dtype``, on the CPU unless said.
 
-    ``model`` "tiny"/"sd15": built once into ``cache_dir`` (see ``ensure_cached``) and loaded
-    from there. Anything else: a local pipeline directory or a hub id, safetensors only,
-    honouring HF_HUB_OFFLINE. ``safety_checker=False`` loads any model without its safety
-    checker (as diffusers does with ``safety_checker=None``); True keeps the one it ships.
+    A synthetic model with a cache entry (the tiny ones, SD 1.5, SD 2.1) is built once into
+    ``cache_dir`` (see ``ensure_cached``) and loaded from there; the larger ones (SDXL, SD 3,
+    Flux) are built directly on ``device``, a GPU, in ``dtype``. Anything else: a local
+    pipeline directory or a hub id whose model_index.json names a supported pipeline class,
+    safetensors only, honouring HF_HUB_OFFLINE. ``safety_checker=False`` loads any model
+    without its safety checker (as diffusers does with ``safety_checker=None``); True keeps
+    the one it ships.
     """
-    if model in SYNTHETIC_MODELS:
+    if model in SYNTHETIC_MODELS and not get_spec(model).cached:
+        pipe = _build_on_device(model, dtype=dtype, device=device, seed=seed)
+    elif model in SYNTHETIC_MODELS:
         entry = ensure_cached(model, cache_dir, seed=seed, safety_checker=safety_checker)
         try:
             pipe = _from_pretrained(
                 str(entry), dtype=dtype, local_only=True, safety_checker=safety_checker,
+                pipeline_class=get_spec(model).pipeline_class,
                 variant=HALF_VARIANT if dtype == torch.float16 else None,
             )
         except (OSError, ValueError) as exc:
