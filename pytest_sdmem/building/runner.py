@@ -26,6 +26,7 @@ from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
 from pytest_sdmem.building.pipelines import (
     SYNTHETIC_MODELS,
     ensure_cached,
+    family_of,
     get_spec,
     load_pipeline,
 )
@@ -71,12 +72,14 @@ def generation_settings(pipe: Generates, model: str, safety_checker: bool) -> di
     """What the test's sd_pipe generated, as far as it changes the memory and speed figures:
     the record's ``generation``. Two records that differ here measured different work, so the
     baseline comparison never compares them. The prompt and the seed are left out: every
-    prompt is padded to the text encoder's 77 tokens, and noise values do not change the
-    work. The last generation counts (the defaults if the test did not generate)."""
+    prompt is padded to the CLIP encoders' 77 tokens (and T5's max_sequence_length, recorded),
+    and noise values do not change the work. The last generation counts (the defaults if the
+    test did not generate)."""
     args = pipe.last_args or pipe.defaults
-    return {"model": model, "height": args.height, "width": args.width,
-            "steps": args.num_inference_steps, "batch_size": args.batch_size,
-            "guidance_scale": args.guidance_scale, "scheduler": args.scheduler,
+    return {"family": family_of(model), "model": model, "height": args.height,
+            "width": args.width, "steps": args.num_inference_steps,
+            "batch_size": args.batch_size, "guidance_scale": args.guidance_scale,
+            "scheduler": args.scheduler, "max_sequence_length": args.max_sequence_length,
             "dtype": str(pipe.technique.dtype).removeprefix("torch."),
             "safety_checker": safety_checker}
 

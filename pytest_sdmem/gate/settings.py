@@ -27,8 +27,10 @@ class Settings:
     device: str
     model: str
     cache_dir: Path
-    steps: int
-    size: int
+    #: sd_pipe's default steps and image side as the options set them; None: the model's
+    #: (building.generation.generation_defaults, which needs the pipelines' catalogue).
+    steps: int | None
+    size: int | None
     max_time: float
     leak_threshold: int
     strict_leaks: bool
@@ -157,8 +159,8 @@ def build_settings(
         leak_threshold = parse_size(raw.get("sdmem_leak_threshold") or "4MB")
     except UnitError as exc:
         raise SettingsError(f"--sdmem-leak-threshold: {exc}") from exc
-    size_px = _positive("--sdmem-size", size, int) if size is not None else (64 if tiny else 512)
-    if size_px % 8:
+    size_px = _positive("--sdmem-size", size, int) if size is not None else None
+    if size_px is not None and size_px % 8:
         raise SettingsError(f"--sdmem-size={size_px} is not valid: expected a multiple of 8")
     exclusive = bool(raw.get("sdmem_exclusive"))
     if exclusive and not gpu:
@@ -174,8 +176,7 @@ def build_settings(
         cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
         # An estimate describes the GPU run of the same test: same steps (the estimator itself
         # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
-        steps=(_positive("--sdmem-steps", steps, int) if steps is not None
-               else 2 if tiny else 25),
+        steps=_positive("--sdmem-steps", steps, int) if steps is not None else None,
         size=size_px,
         max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
         leak_threshold=leak_threshold,

@@ -37,23 +37,24 @@ def cuda_mem_tracker(request: pytest.FixtureRequest) -> Iterator[MemoryTracker]:
 
 @pytest.fixture
 def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe]:
-    """A real StableDiffusionPipeline with the test's technique applied, released at teardown.
+    """A real pipeline of ``--sdmem-model``'s family (StableDiffusionPipeline,
+    StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline) with the test's
+    technique applied, released at teardown; its generations default to the family's settings.
 
     Select the technique with ``@pytest.mark.parametrize("sd_pipe", [...], indirect=True)`` or
     ``@pytest.mark.sd_technique("fp16+vae_slicing")``; the default is ``none``.
     """
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
-    from pytest_sdmem.building.generation import GenerationArgs
+    from pytest_sdmem.building.generation import generation_defaults
     from pytest_sdmem.building.pipelines import ModelError
     from pytest_sdmem.building.runner import UnmetRequirementError, make_sd_pipe
     from pytest_sdmem.building.techniques import TechniqueError, parse_technique
     from pytest_sdmem.estimate.pipe import EstimatedSdPipe
 
     settings = request.config.stash[SETTINGS]
-    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.size,
-                              width=settings.size)
     technique = technique_of(request.node)
     try:
+        defaults = generation_defaults(settings.model, steps=settings.steps, size=settings.size)
         if settings.estimate:
             pipe = EstimatedSdPipe(settings.model, parse_technique(technique), defaults,
                                    safety_checker=settings.safety_checker,

@@ -152,3 +152,20 @@ def test_real_models_load_with_the_class_their_model_index_names(
                                  "_class_name": "KandinskyPipeline"}))
     with pytest.raises(ModelError, match=r"KandinskyPipeline.*StableDiffusionXLPipeline"):
         load_pipeline(str(directory), dtype=torch.float32, cache_dir=tmp_path)
+
+
+def test_sdxl_in_fp16_decodes_in_fp32_as_its_vae_force_upcast_says(family_cache: Path) -> None:
+    pipe = load_pipeline("tiny-sdxl", dtype=torch.float16, cache_dir=family_cache)
+    assert pipe.vae.config.force_upcast
+    decoded: list[tuple[torch.dtype, torch.dtype]] = []
+    decode = pipe.vae.decode
+
+    def spy(latents: torch.Tensor, *args, **kwargs):
+        decoded.append((latents.dtype, pipe.vae.dtype))
+        return decode(latents, *args, **kwargs)
+
+    pipe.vae.decode = spy
+    images = _generate(pipe, "tiny-sdxl")
+    assert decoded == [(torch.float32, torch.float32)]
+    assert np.isfinite(images).all()
+    assert pipe.vae.dtype == pipe.unet.dtype == torch.float16  # cast back after the decode

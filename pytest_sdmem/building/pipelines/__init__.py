@@ -35,7 +35,7 @@ from pytest_sdmem.building.pipelines.configs import (
     tile_threshold,
 )
 from pytest_sdmem.building.pipelines.errors import ModelError
-from pytest_sdmem.building.pipelines.load import load_pipeline
+from pytest_sdmem.building.pipelines.load import family_of, load_pipeline
 from pytest_sdmem.building.pipelines.tokenizer import build_t5_tokenizer, build_tokenizer
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "build_tokenizer",
     "cache_key",
     "ensure_cached",
+    "family_of",
     "get_spec",
     "load_pipeline",
     "tile_threshold",

@@ -9,6 +9,8 @@ is accepted, with the library's exception chained for whoever needs the details.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import DiffusionPipeline
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -28,13 +31,17 @@ from pytest_sdmem.building.pipelines.quiet import quiet_progress_bars
 
 #: Weight files that are Python pickles (torch.save / legacy checkpoints).
 PICKLE_SUFFIXES = frozenset({".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle"})
-#: The diffusers pipeline classes of the supported families, as model_index.json names them.
-PIPELINE_CLASSES: tuple[str, ...] = (
-    "StableDiffusionPipeline",
-    "StableDiffusionXLPipeline",
-    "StableDiffusion3Pipeline",
-    "FluxPipeline",
-)
+#: The family of each supported diffusers pipeline class, as model_index.json names them
+#: (StableDiffusionPipeline is SD 1.x's or SD 2.x's: see family_of).
+CLASS_FAMILIES: dict[str, str] = {
+    "StableDiffusionPipeline": "sd1",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+PIPELINE_CLASSES: tuple[str, ...] = tuple(CLASS_FAMILIES)
+#: SD 2.x's UNet attends to OpenCLIP-H's 1024-d text states, SD 1.x's to CLIP-L's 768.
+_SD2_CROSS_ATTENTION_DIM = 1024
 _ACCEPTED = (
     f"expected one of {', '.join(SYNTHETIC_MODELS)}, a local diffusers pipeline directory "
     "(saved with save_pretrained, safetensors weights) or a Hugging Face hub id such as "
@@ -199,17 +206,66 @@ def _load_external(
             pipeline_class=pipeline_class_of(model, model, local_only=offline),
         )
     except (OSError, ValueError) as exc:
-        if offline:
-            reason = (
-                "is neither a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE "
-                f"is set: download it first (hf download {model}) or unset HF_HUB_OFFLINE"
-            )
+        raise _hub_error(model, offline, exc) from exc
+
+
+def _hub_error(model: str, offline: bool, exc: BaseException) -> ModelError:
+    """A hub id that could not be read: why, and what to do about it."""
+    if offline:
+        reason = (
+            "is neither a local directory nor in the Hugging Face cache, and HF_HUB_OFFLINE "
+            f"is set: download it first (hf download {model}) or unset HF_HUB_OFFLINE"
+        )
+    else:
+        reason = (
+            "is neither a local directory nor loadable from the Hugging Face hub or its "
+            "cache (check the name, your network and access rights)"
+        )
+    return ModelError(f"model {model!r} {reason}. Cause: {_first_line(exc)}")
+
+
+def _source(model: str) -> tuple[str, bool]:
+    """Where a real model's files are read from, and whether only locally (a path, or the hub
+    with HF_HUB_OFFLINE set)."""
+    path = Path(model).expanduser()
+    return (str(path), True) if path.exists() else (model, hub_offline())
+
+
+def _unet_cross_attention_dim(source: str, *, local_only: bool) -> int | None:
+    try:
+        if Path(source).is_dir():
+            config_path = Path(source) / "unet" / "config.json"
         else:
-            reason = (
-                "is neither a local directory nor loadable from the Hugging Face hub or its "
-                "cache (check the name, your network and access rights)"
-            )
-        raise ModelError(f"model {model!r} {reason}. Cause: {_first_line(exc)}") from exc
+            config_path = Path(hf_hub_download(source, "unet/config.json",
+                                               local_files_only=local_only))
+        value = json.loads(config_path.read_text()).get("cross_attention_dim")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+@functools.lru_cache(maxsize=32)
+def family_of(model: str) -> str:
+    """The family (sd1, sd2, sdxl, sd3, flux) of a synthetic model, or of a real one from its
+    model_index.json (a StableDiffusionPipeline whose UNet attends to 1024-d text states is
+    SD 2.x); a ModelError when it cannot be read or is none of them."""
+    if model in SYNTHETIC_MODELS:
+        return get_spec(model).family
+    source, local_only = _source(model)
+    is_path = Path(model).expanduser().exists()
+    if not is_path and not _is_hub_id(model):
+        raise ModelError(f"model {model!r}: no such file or directory; {_ACCEPTED}")
+    try:
+        family = CLASS_FAMILIES[pipeline_class_of(model, source, local_only=local_only)]
+    except (OSError, ValueError) as exc:
+        if not is_path:
+            raise _hub_error(model, local_only, exc) from exc
+        raise ModelError(f"model {model!r}: cannot read its model_index.json "
+                         f"({_first_line(exc)}); {_ACCEPTED}") from exc
+    if family == "sd1" and _unet_cross_attention_dim(
+            source, local_only=local_only) == _SD2_CROSS_ATTENTION_DIM:
+        return "sd2"
+    return family
 
 
 def _build_on_device(model: str, *, dtype: torch.dtype, device: str | None,
