@@ -76,6 +76,8 @@ def generation_settings(pipe: Generates, model: str, safety_checker: bool) -> di
     and noise values do not change the work. The last generation counts (the defaults if the
     test did not generate)."""
     args = pipe.last_args or pipe.defaults
+    if model in SYNTHETIC_MODELS and not get_spec(model).has_safety_checker:
+        safety_checker = False  # SD 2.1, SDXL, SD 3 and Flux ship none
     return {"family": family_of(model), "model": model, "height": args.height,
             "width": args.width, "steps": args.num_inference_steps,
             "batch_size": args.batch_size, "guidance_scale": args.guidance_scale,

@@ -63,7 +63,8 @@ def test_every_family_generates_with_its_defaults_and_families_are_not_compared(
         [record] = json.loads((pytester.path / f"{model}.json").read_text())["results"]
         generation = record["generation"]
         assert (generation["family"], generation["guidance_scale"],
-                generation["max_sequence_length"]) == (family, guidance, length), model
+                generation["max_sequence_length"], generation["safety_checker"]) == (
+            family, guidance, length, False), model
 
     # The same model name, now a pipeline of another family (a directory that changed).
     saved = json.loads((pytester.path / "tiny-flux.json").read_text())
