@@ -9,14 +9,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from pytest_sdmem.building.pipelines import DEFAULT_PROMPT
+from pytest_sdmem.building.pipelines import (
+    DEFAULT_PROMPT,
+    SYNTHETIC_MODELS,
+    TINY_MODELS,
+    family_of,
+    get_spec,
+)
 from pytest_sdmem.building.techniques import ApplyContext, Pipe
 
 
 @dataclass(frozen=True)
 class GenerationArgs:
     """One generation's inputs. The defaults are the guide's: its prompt, 512x512, 50 steps,
-    one image, guidance 7.5; the fixture overrides steps and size from the options."""
+    one image, guidance 7.5; the fixture starts from its model's (:func:`generation_defaults`).
+    """
 
     prompt: str = DEFAULT_PROMPT
     num_inference_steps: int = 50
@@ -31,6 +38,9 @@ class GenerationArgs:
     #: Called by diffusers at the end of each denoising step, as its ``callback_on_step_end``
     #: (a function or a ``PipelineCallback``); ``SdPipe.latency`` times the steps around it.
     callback_on_step_end: Callable[..., Any] | None = None
+    #: The T5 prompt length of the families with a T5 encoder (SD 3, Flux); None for the
+    #: others, whose pipelines take no such argument.
+    max_sequence_length: int | None = None
 
     def with_overrides(self, **overrides: Any) -> GenerationArgs:
         """These args with some replaced; an unknown name is a TypeError listing the known ones,
@@ -51,6 +61,8 @@ class GenerationArgs:
                   "num_images_per_prompt": self.batch_size, "guidance_scale": self.guidance_scale}
         if self.callback_on_step_end is not None:
             kwargs["callback_on_step_end"] = self.callback_on_step_end
+        if self.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.max_sequence_length
         return kwargs
 
     def context(self, device: str) -> ApplyContext:
@@ -63,6 +75,37 @@ class GenerationArgs:
         return (f"{self.batch_size} image(s) {self.width}x{self.height}, "
                 f"{self.num_inference_steps} steps, seed {self.seed}, "
                 f"guidance {self.guidance_scale:g}")
+
+
+#: The catalogue entry whose defaults a real model of each family gets.
+_FAMILY_MODELS: dict[str, str] = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl", "sd3": "sd3",
+                                  "flux": "flux-dev"}
+#: sd_pipe's steps for SD 1.x/2.x on a GPU: fewer than the pipelines' 50, so that the GPU tier
+#: fits its time (docs/gpu-time-budget.md); the tiny models run 2.
+SD_TEST_STEPS = 25
+TINY_TEST_STEPS = 2
+
+
+def generation_defaults(model: str, *, steps: int | None = None,
+                        size: int | None = None) -> GenerationArgs:
+    """sd_pipe's default generation for ``model``: its family's defaults as diffusers has them
+    (guidance, size, T5 length), with ``steps``/``size`` when the options set them. Steps
+    otherwise: 2 for the tiny models, 25 for SD 1.x/2.x, the family's for SDXL, SD 3 and
+    Flux. A real model's family is read from its model_index.json (ModelError if it cannot be).
+    """
+    family = family_of(model)
+    spec = get_spec(model if model in SYNTHETIC_MODELS else _FAMILY_MODELS[family])
+    defaults = spec.defaults
+    if steps is None:
+        steps = (TINY_TEST_STEPS if model in TINY_MODELS.values()
+                 else SD_TEST_STEPS if family in ("sd1", "sd2") else defaults.num_inference_steps)
+    return GenerationArgs(
+        num_inference_steps=steps,
+        height=size or defaults.height,
+        width=size or defaults.width,
+        guidance_scale=defaults.guidance_scale,
+        max_sequence_length=defaults.max_sequence_length,
+    )
 
 
 def use_scheduler(pipe: Pipe, name: str) -> None:

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
-from pytest_sdmem.building.pipelines import SYNTHETIC_MODELS, ensure_cached, load_pipeline
+from pytest_sdmem.building.pipelines import (
+    SYNTHETIC_MODELS,
+    ensure_cached,
+    family_of,
+    get_spec,
+    load_pipeline,
+)
 from pytest_sdmem.building.techniques import (
     OutputTolerance,
     Pipe,
@@ -66,12 +72,16 @@ def generation_settings(pipe: Generates, model: str, safety_checker: bool) -> di
     """What the test's sd_pipe generated, as far as it changes the memory and speed figures:
     the record's ``generation``. Two records that differ here measured different work, so the
     baseline comparison never compares them. The prompt and the seed are left out: every
-    prompt is padded to the text encoder's 77 tokens, and noise values do not change the
-    work. The last generation counts (the defaults if the test did not generate)."""
+    prompt is padded to the CLIP encoders' 77 tokens (and T5's max_sequence_length, recorded),
+    and noise values do not change the work. The last generation counts (the defaults if the
+    test did not generate)."""
     args = pipe.last_args or pipe.defaults
-    return {"model": model, "height": args.height, "width": args.width,
-            "steps": args.num_inference_steps, "batch_size": args.batch_size,
-            "guidance_scale": args.guidance_scale, "scheduler": args.scheduler,
+    if model in SYNTHETIC_MODELS and not get_spec(model).has_safety_checker:
+        safety_checker = False  # SD 2.1, SDXL, SD 3 and Flux ship none
+    return {"family": family_of(model), "model": model, "height": args.height,
+            "width": args.width, "steps": args.num_inference_steps,
+            "batch_size": args.batch_size, "guidance_scale": args.guidance_scale,
+            "scheduler": args.scheduler, "max_sequence_length": args.max_sequence_length,
             "dtype": str(pipe.technique.dtype).removeprefix("torch."),
             "safety_checker": safety_checker}
 
@@ -122,7 +132,7 @@ class PipelineLoader:
         if reasons:
             raise UnmetRequirementError(ts, self.device, reasons)
         pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir,
-                             safety_checker=self.safety_checker)
+                             safety_checker=self.safety_checker, device=self.device)
         return apply_techniques(pipe, ts, args.context(self.device))
 
 
@@ -358,11 +368,12 @@ class SdPipe:
 def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path | str,
                  defaults: GenerationArgs | None = None, *,
                  safety_checker: bool = False) -> SdPipe:
-    """Load ``model`` (``tiny``, ``sd15``, a directory or a hub id) with ``technique_expr``
+    """Load ``model`` (a synthetic model's name, a directory or a hub id) with ``technique_expr``
     applied for ``device``. A technique that cannot run there raises UnmetRequirementError
     (the plugin skips such tests at collection, so this is the backstop)."""
     defaults = defaults or GenerationArgs()
-    if model in SYNTHETIC_MODELS:  # built before the load is timed: its load is from the cache
+    if model in SYNTHETIC_MODELS and get_spec(model).cached:
+        # Built before the load is timed: its load is from the cache.
         ensure_cached(model, Path(cache_dir), safety_checker=safety_checker)
     loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
     return _load(loader, parse_technique(technique_expr), device, defaults)

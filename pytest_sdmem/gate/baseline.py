@@ -313,8 +313,8 @@ def _generation_difference(base_section: GenerationSection | None,
 
 
 #: The order in which generation differences are named (any other field comes after).
-GENERATION_ORDER = ("model", "height", "width", "steps", "batch_size", "dtype", "guidance_scale",
-                    "scheduler", "safety_checker")
+GENERATION_ORDER = ("family", "model", "height", "width", "steps", "batch_size", "dtype",
+                    "guidance_scale", "scheduler", "max_sequence_length", "safety_checker")
 
 
 def _index(run: RunResults, side: str, warnings: list[str]) -> dict[RecordKey, TestRecord]:

@@ -28,8 +28,11 @@ class Settings:
     device: str
     model: str
     cache_dir: Path
-    steps: int
-    image_size: int  # pixels, the height and the width of sd_pipe's images
+    #: sd_pipe's default steps and image side (pixels, the height and the width) as the
+    #: options set them; None: the model's (building.generation.generation_defaults, which
+    #: needs the pipelines' catalogue).
+    steps: int | None
+    image_size: int | None
     max_time: float
     leak_threshold: int
     strict_leaks: bool
@@ -135,9 +138,8 @@ def build_settings(
     steps = raw.get("sdmem_steps")
     size = raw.get("sdmem_size")
     leak_threshold = raw.get("sdmem_leak_threshold")
-    image_size = size if size is not None else (64 if tiny else 512)
-    if image_size % 8:
-        raise SettingsError(f"--sdmem-size={image_size} is not valid: expected a multiple of 8")
+    if size is not None and size % 8:
+        raise SettingsError(f"--sdmem-size={size} is not valid: expected a multiple of 8")
     exclusive = bool(raw.get("sdmem_exclusive"))
     if exclusive and not gpu:
         raise SettingsError("--sdmem-exclusive checks that no other process uses the GPU: it "
@@ -152,8 +154,8 @@ def build_settings(
         cache_dir=raw.get("sdmem_cache_dir") or default_cache.expanduser(),
         # An estimate describes the GPU run of the same test: same steps (the estimator itself
         # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
-        steps=steps if steps is not None else 2 if tiny else 25,
-        image_size=image_size,
+        steps=steps,
+        image_size=size,
         max_time=raw.get("sdmem_max_time") or 30.0,
         leak_threshold=leak_threshold if leak_threshold is not None else parse_size("4MB"),
         strict_leaks=bool(raw.get("sdmem_strict_leaks")),

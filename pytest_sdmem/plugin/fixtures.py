@@ -37,23 +37,25 @@ def cuda_mem_tracker(request: pytest.FixtureRequest) -> Iterator[MemoryTracker]:
 
 @pytest.fixture
 def sd_pipe(request: pytest.FixtureRequest) -> Iterator[SdPipe | EstimatedSdPipe]:
-    """A real StableDiffusionPipeline with the test's technique applied, released at teardown.
+    """A real pipeline of ``--sdmem-model``'s family (StableDiffusionPipeline,
+    StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline) with the test's
+    technique applied, released at teardown; its generations default to the family's settings.
 
     Select the technique with ``@pytest.mark.parametrize("sd_pipe", [...], indirect=True)`` or
     ``@pytest.mark.sd_technique("fp16+vae_slicing")``; the default is ``none``.
     """
     # Imported here: diffusers takes seconds to import, and a run without sd_pipe needs none of it.
-    from pytest_sdmem.building.generation import GenerationArgs
+    from pytest_sdmem.building.generation import generation_defaults
     from pytest_sdmem.building.pipelines import ModelError
     from pytest_sdmem.building.runner import UnmetRequirementError
     from pytest_sdmem.building.techniques import TechniqueError
 
     session = session_of(request.config)
     settings = session.settings
-    defaults = GenerationArgs(num_inference_steps=settings.steps, height=settings.image_size,
-                              width=settings.image_size)
     technique = technique_of(request.node)
     try:
+        defaults = generation_defaults(settings.model, steps=settings.steps,
+                                       size=settings.image_size)
         pipe = session.mode.build_pipe(technique, defaults)
     except UnmetRequirementError as exc:  # normally skipped at collection already
         pytest.skip("; ".join(exc.reasons))

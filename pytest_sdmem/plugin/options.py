@@ -80,14 +80,18 @@ OPTIONS: tuple[Option, ...] = (
            "(default: cuda:0 with --gpu, else cpu)", metavar="DEVICE"),
     Option("--sdmem-json", "write the session's results as JSON to PATH", "path",
            metavar="PATH"),
-    Option("--sdmem-model", "pipeline for sd_pipe: tiny, sd15, or a local path / hub id "
-           "(default: tiny on the CPU, sd15 with --gpu)", metavar="MODEL"),
+    Option("--sdmem-model", "pipeline for sd_pipe: a synthetic model (tiny, tiny-sdxl, "
+           "tiny-sd3, tiny-flux, sd15, sd21, sd21-base, sdxl, sd3, flux-dev, flux-schnell; "
+           "docs/models.md), or a local path / hub id of an SD 1.x/2.x, SDXL, SD 3 or Flux "
+           "pipeline (default: tiny on the CPU, sd15 with --gpu)", metavar="MODEL"),
     Option("--sdmem-cache-dir", "where synthetic pipelines are saved "
            "(default: inside pytest's cache directory)", "path", metavar="DIR"),
-    Option("--sdmem-steps", "default inference steps of sd_pipe (default: 2 for tiny, 25 else)",
-           "int", metavar="N"),
+    Option("--sdmem-steps", "default inference steps of sd_pipe (default: 2 for the tiny "
+           "models, 25 for SD 1.x/2.x, the family's for SDXL, SD 3 and Flux)", "int",
+           metavar="N"),
     Option("--sdmem-size", "default image height and width of sd_pipe "
-           "(default: 64 for tiny, 512 else)", "int", metavar="PX"),
+           "(default: 64 for the tiny models, the family's otherwise: 512 for SD 1.5, 768 for "
+           "SD 2.1, 1024 for SDXL, SD 3 and Flux)", "int", metavar="PX"),
     Option("--sdmem-max-time", "time budget in seconds of one latency or speed-up measurement",
            "float", 30.0, metavar="SECONDS"),
     Option("--sdmem-leak-threshold", "device memory a test may leave behind before it is "

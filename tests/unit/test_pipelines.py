@@ -29,7 +29,6 @@ from pytest_sdmem.building.pipelines import (
     build_tokenizer,
     cache_key,
     ensure_cached,
-    get_spec,
     load_pipeline,
 )
 from pytest_sdmem.building.pipelines import cache as cache_module
@@ -177,11 +176,6 @@ def test_sd15_safety_checker_is_clip_vit_l14_built_locally() -> None:
     assert isinstance(pipe.feature_extractor, CLIPImageProcessorPil)
     assert pipe.feature_extractor.crop_size == {"height": 224, "width": 224}
     assert pipe.config.requires_safety_checker
-
-
-def test_unknown_synthetic_model_names_the_accepted_ones() -> None:
-    with pytest.raises(ModelError, match="tiny, sd15"):
-        get_spec("sd21")
 
 
 # --- cache -----------------------------------------------------------------------------------

@@ -22,13 +22,13 @@ def two_gpus() -> tuple[bool, int]:
 
 def test_cpu_defaults() -> None:
     s = build_settings({}, CACHE, no_cuda)
-    assert (s.device, s.model, s.steps, s.image_size, s.gpu) == ("cpu", "tiny", 2, 64, False)
+    assert (s.device, s.model, s.steps, s.image_size, s.gpu) == ("cpu", "tiny", None, None, False)
     assert s.cache_dir == CACHE and s.json_path is None and s.leak_threshold == 4_000_000
 
 
 def test_gpu_defaults_and_device_index() -> None:
     s = build_settings({"gpu": True}, CACHE, two_gpus)
-    assert (s.device, s.model, s.steps, s.image_size) == ("cuda:0", "sd15", 25, 512)
+    assert (s.device, s.model, s.steps, s.image_size) == ("cuda:0", "sd15", None, None)
     assert build_settings({"gpu": True, "sdmem_device": "cuda"}, CACHE, two_gpus).device == "cuda:0"
     with pytest.raises(SettingsError, match="only 2 CUDA device"):
         build_settings({"gpu": True, "sdmem_device": "cuda:2"}, CACHE, two_gpus)
@@ -90,7 +90,8 @@ def test_estimate_for_names_a_gpu_only_for_an_estimate() -> None:
 
 def test_estimate_mode_defaults_and_conflicts() -> None:
     s = build_settings({"sdmem_estimate": True}, CACHE, no_cuda)
-    assert (s.estimate, s.model, s.device, s.steps, s.image_size) == (True, "sd15", "cpu", 25, 512)
+    assert (s.estimate, s.model, s.device) == (True, "sd15", "cpu")
+    assert (s.steps, s.image_size) == (None, None)
     assert s.safety_checker, "sd15 has its safety checker, as diffusers' thresholds were measured"
     assert not build_settings({}, CACHE, no_cuda).safety_checker, "tiny has none"
     assert not build_settings({"sdmem_estimate": True, "sdmem_no_safety_checker": True}, CACHE,

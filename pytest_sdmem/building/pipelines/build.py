@@ -1,8 +1,11 @@
-"""Synthetic pipelines built from the configs, with seeded random weights.
+"""Synthetic pipelines built from the catalogue, with seeded random weights.
 
-Modules are constructed on the CPU (or directly on the meta device, which allocates nothing
-and is what the estimator uses) inside a forked, seeded torch RNG: the same seed gives the
-same weights, and the caller's global RNG state is left as it was.
+Modules are constructed directly where they will live, in the dtype they will run in: on the
+meta device (which allocates nothing; parameter counts and the estimator), on the CPU for the
+cache, or on a GPU, where a full-size model is initialised in its own dtype in seconds instead
+of an fp32 CPU initialisation followed by a copy. Construction runs inside a forked, seeded
+torch RNG of that device: the same seed gives the same weights on the same device type and
+dtype, and the caller's global RNG state is left as it was.
 
 The libraries' default initialisation is kept, unscaled, because it already gives finite,
 meaningful outputs: measured with diffusers 0.42 / torch 2.13 on the CPU, the largest module
@@ -13,39 +16,42 @@ The tests keep checking ``tiny`` in fp32, fp16 and bf16.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+import transformers
+from diffusers import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-from transformers import (
-    CLIPConfig,
-    CLIPImageProcessorPil,
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTokenizer,
-)
+from transformers import CLIPConfig, CLIPImageProcessorPil, PreTrainedTokenizerBase
 
-from pytest_sdmem.building.pipelines.configs import ModelSpec, get_spec
-from pytest_sdmem.building.pipelines.tokenizer import build_tokenizer
+from pytest_sdmem.building.pipelines.configs import Component, ModelSpec, get_spec
+from pytest_sdmem.building.pipelines.tokenizer import build_named_tokenizer
+
+#: The transformers config class of each text encoder class of the catalogue.
+_TEXT_CONFIGS: dict[str, str] = {
+    "CLIPTextModel": "CLIPTextConfig",
+    "CLIPTextModelWithProjection": "CLIPTextConfig",
+    "T5EncoderModel": "T5Config",
+}
 
 
-def text_encoder_config(spec: ModelSpec, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    """The text encoder's config, with its special token ids taken from the tokenizer.
+def text_encoder_config(component: Component, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """A text encoder's transformers config, with its special token ids from the tokenizer.
 
-    The vocabulary is the tokenizer's size unless the spec fixes it (``sd15`` keeps CLIP's
-    49408 rows so that its parameter count is the real one).
+    The vocabulary is the tokenizer's size unless the component fixes it (full-size models keep
+    the real 49408 CLIP or 32128 T5 rows so that their parameter counts are the real ones).
     """
-    fields = dict(spec.text_encoder)
+    fields = dict(component.config)
     if fields["vocab_size"] is None:
         fields["vocab_size"] = len(tokenizer)
-    return CLIPTextConfig(
-        **fields,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config_class = getattr(transformers, _TEXT_CONFIGS[component.class_name])
+    special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if tokenizer.bos_token_id is not None:
+        special["bos_token_id"] = tokenizer.bos_token_id
+    return config_class(**fields, **special)
 
 
 def _safety_checker(spec: ModelSpec) -> StableDiffusionSafetyChecker:
@@ -66,53 +72,99 @@ def _safety_checker(spec: ModelSpec) -> StableDiffusionSafetyChecker:
     return checker
 
 
-def build_components(
-    spec: ModelSpec, *, seed: int = 0, device: str = "cpu", safety_checker: bool = False
-) -> dict[str, Any]:
-    """The pipeline's components, keyword arguments of ``StableDiffusionPipeline``.
-
-    ``device`` "meta" builds without allocating weights (for parameter counts and the
-    estimator); any other device builds on the CPU, where the seeded initialisation is the same
-    on every machine, and then moves the models there.
-    """
-    tokenizer = build_tokenizer()
-    build_device = "meta" if device == "meta" else "cpu"
-    with torch.random.fork_rng(devices=[]), torch.device(build_device):
+@contextmanager
+def _seeded_on(device: torch.device, dtype: torch.dtype, seed: int) -> Iterator[None]:
+    """Construct modules on ``device`` in ``dtype``, from ``seed``, leaving the caller's RNG
+    state and default dtype as they were."""
+    devices = [device] if device.type == "cuda" else []
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=devices), torch.device(device):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**spec.unet)
-        vae = AutoencoderKL(**spec.vae)
-        text_encoder = CLIPTextModel(text_encoder_config(spec, tokenizer))
-        checker = _safety_checker(spec) if safety_checker else None
-    models = [unet, vae, text_encoder] + ([checker] if checker is not None else [])
-    for model in models:
-        model.eval()
-        if device != build_device:
-            model.to(device)
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def _text_encoder_tokenizer(name: str) -> str:
+    """The tokenizer keyword paired with a text encoder keyword (``text_encoder_2`` ->
+    ``tokenizer_2``), as every diffusers pipeline of the catalogue names them."""
+    return name.replace("text_encoder", "tokenizer")
+
+
+def _model(component: Component, tokenizer: PreTrainedTokenizerBase | None) -> torch.nn.Module:
+    if component.class_name in _TEXT_CONFIGS:
+        assert tokenizer is not None
+        return getattr(transformers, component.class_name)(
+            text_encoder_config(component, tokenizer)
+        )
+    return getattr(diffusers, component.class_name)(**component.config)
+
+
+def build_components(
+    spec: ModelSpec,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    safety_checker: bool = False,
+) -> dict[str, Any]:
+    """The pipeline's components, keyword arguments of ``spec.pipeline_class``.
+
+    Every model is built on ``device`` in ``dtype`` (see the module docstring); "meta"
+    allocates nothing. ``safety_checker`` adds SD 1.x's checker; models that ship none (SD 2.1,
+    SDXL, SD 3, Flux) have none either way.
+    """
+    device = torch.device(device)
+    tokenizers = {name: build_named_tokenizer(kind) for name, kind in spec.tokenizers.items()}
+    checker: StableDiffusionSafetyChecker | None = None
+    with _seeded_on(device, dtype, seed):
+        models = {
+            name: _model(component, tokenizers.get(_text_encoder_tokenizer(name)))
+            for name, component in spec.models.items()
+        }
+        if safety_checker and spec.has_safety_checker:
+            checker = _safety_checker(spec)
+    for model in [*models.values(), checker]:
+        if model is not None:
+            model.eval()
     scheduler_class = getattr(diffusers, spec.scheduler_class)
-    return {
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": tokenizer,
-        "unet": unet,
+    components: dict[str, Any] = {
+        **models,
+        **tokenizers,
         "scheduler": scheduler_class.from_config(spec.scheduler),
-        "safety_checker": checker,
-        "feature_extractor": (
-            CLIPImageProcessorPil(**spec.feature_extractor) if safety_checker else None
-        ),
-        "requires_safety_checker": safety_checker,
     }
+    if spec.pipeline_class == "StableDiffusionPipeline":
+        with_checker = checker is not None
+        components.update(
+            safety_checker=checker,
+            feature_extractor=(
+                CLIPImageProcessorPil(**spec.feature_extractor) if with_checker else None
+            ),
+            requires_safety_checker=with_checker,
+        )
+    return components
 
 
 def build_pipeline(
-    model: str, *, seed: int = 0, device: str = "cpu", safety_checker: bool = False
-) -> StableDiffusionPipeline:
-    """A synthetic ``StableDiffusionPipeline`` ("tiny" or "sd15") with seeded random weights.
+    model: str,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    safety_checker: bool = False,
+) -> DiffusionPipeline:
+    """A synthetic pipeline of the catalogue (its ``pipeline_class``) with seeded random
+    weights, built on ``device`` in ``dtype``.
 
     Progress bars are off: test output should show results, not a bar per generation.
     """
     spec = get_spec(model)
-    pipe = StableDiffusionPipeline(
-        **build_components(spec, seed=seed, device=device, safety_checker=safety_checker)
+    pipeline_class = getattr(diffusers, spec.pipeline_class)
+    pipe = pipeline_class(
+        **build_components(spec, seed=seed, device=device, dtype=dtype,
+                           safety_checker=safety_checker)
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -32,6 +32,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import diffusers
 import torch
 
 from pytest_sdmem.base.atomic import write_atomic
+from pytest_sdmem.base.units import format_size
 from pytest_sdmem.building.pipelines.build import build_pipeline
 from pytest_sdmem.building.pipelines.configs import get_spec
 from pytest_sdmem.building.pipelines.errors import ModelError
@@ -69,6 +71,46 @@ _TEMP_PREFIX = ".tmp-"
 _STALE_PREFIX = ".stale-"
 
 
+@dataclass(frozen=True)
+class EntryCost:
+    """What one cache entry of a synthetic model costs, from its parameter and buffer counts.
+
+    ``disk``: the fp32 weights plus the fp16 variant, 6 bytes per element. ``host_memory``:
+    the peak while building it on the CPU: the fp32 model (4 bytes per element) plus one
+    component's fp32 bytes, which safetensors serialises in memory before writing them.
+    """
+
+    elements: int
+    largest_component: int
+
+    @property
+    def disk(self) -> int:
+        return 6 * self.elements
+
+    @property
+    def host_memory(self) -> int:
+        return 4 * (self.elements + self.largest_component)
+
+    def __str__(self) -> str:
+        return (f"{format_size(self.disk)} of disk and {format_size(self.host_memory)} of host "
+                "memory to build")
+
+
+def entry_cost(model: str) -> EntryCost:
+    """The cost of ``model``'s cache entry, counted on the meta device (nothing allocated)."""
+    pipe = build_pipeline(model, device="meta")
+    # Tied weights (T5's embedding, under two names) are one tensor, saved once.
+    sizes = [sum(t.numel() for t in {id(t): t for t in module.state_dict(keep_vars=True)
+                                     .values()}.values())
+             for module in pipe.components.values() if isinstance(module, torch.nn.Module)]
+    return EntryCost(sum(sizes), max(sizes))
+
+
+def _checker_kept(model: str, safety_checker: bool) -> bool:
+    """Whether the entry holds a safety checker: only models that ship one (SD 1.x) do."""
+    return safety_checker and get_spec(model).has_safety_checker
+
+
 def cache_key(model: str, *, seed: int = 0, safety_checker: bool = False) -> str:
     """Hash of everything that determines an entry's content: architecture, seed, format."""
     payload = {
@@ -76,7 +118,7 @@ def cache_key(model: str, *, seed: int = 0, safety_checker: bool = False) -> str
         "spec": get_spec(model).as_dict(),
         "vocab_words": list(VOCAB_WORDS),
         "seed": seed,
-        "safety_checker": safety_checker,
+        "safety_checker": _checker_kept(model, safety_checker),
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -85,7 +127,7 @@ def cache_key(model: str, *, seed: int = 0, safety_checker: bool = False) -> str
 def entry_name(model: str, *, seed: int = 0, safety_checker: bool = False) -> str:
     """Directory name of an entry: readable prefix, then the key."""
     key = cache_key(model, seed=seed, safety_checker=safety_checker)
-    checker = "-safety" if safety_checker else ""
+    checker = "-safety" if _checker_kept(model, safety_checker) else ""
     return f"{model}-seed{seed}{checker}-{key[:16]}"
 
 
@@ -243,6 +285,19 @@ def _publish(temp: Path, entry: Path, key: str) -> bool:
     return True
 
 
+def check_disk_space(model: str, cache_dir: Path) -> None:
+    """Refuse to start an entry the cache directory's file system cannot hold: a full disk
+    half-way through a multi-GB write fails late, and can starve everything else on it."""
+    cost = entry_cost(model)
+    free = shutil.disk_usage(cache_dir).free
+    if free < cost.disk:
+        raise ModelError(
+            f"synthetic model {model!r} needs {cost} its cache entry, but {cache_dir} has "
+            f"{format_size(free)} free: free some space or point --sdmem-cache-dir at a larger "
+            "disk"
+        )
+
+
 def ensure_cached(
     model: str, cache_dir: Path, *, seed: int = 0, safety_checker: bool = False
 ) -> Path:
@@ -252,6 +307,8 @@ def ensure_cached(
     ``.<entry>.lock``, ``.<entry>.verified.json``, ``.tmp-<entry>-*``, ``.stale-<entry>-*``),
     and an existing entry is replaced only when it is incomplete or changed since it was
     built (with a :class:`CacheWarning` naming what changed): nothing else is touched.
+    An entry that the disk cannot hold is refused before anything is written (ModelError
+    stating its cost, see :class:`EntryCost`).
     """
     key = cache_key(model, seed=seed, safety_checker=safety_checker)
     name = entry_name(model, seed=seed, safety_checker=safety_checker)
@@ -270,6 +327,7 @@ def ensure_cached(
                 return entry  # built by another worker while this one waited
             if locked:
                 _remove_leftovers(cache_dir, name)
+            check_disk_space(model, cache_dir)
             # Not tempfile.mkdtemp: its 0o700 mode would survive the rename and hide the entry
             # from other users of a shared cache directory; mkdir honours the umask.
             temp = cache_dir / f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
@@ -286,7 +344,7 @@ def ensure_cached(
                             component.to(torch.float16)
                     pipe.save_pretrained(temp, safe_serialization=True, variant=HALF_VARIANT)
                     del pipe
-                _write_marker(temp, key, model, seed, safety_checker)
+                _write_marker(temp, key, model, seed, _checker_kept(model, safety_checker))
                 if _publish(temp, entry, key):  # its files were hashed just now, unchanged
                     _write_stamps(entry, {n: _stamp(entry / n) for n in _files(entry)})
             finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_sdmem.base.errors import TechniqueError
 from pytest_sdmem.building.techniques.context import ApplyContext, Pipe
@@ -13,16 +14,25 @@ from pytest_sdmem.building.techniques.context import ApplyContext, Pipe
 def apply_classic_attention(pipe: Pipe, ctx: ApplyContext) -> None:
     # AttnProcessor computes softmax(QK^T)V with the full attention matrix, as diffusers did
     # before PyTorch 2: the guide's "original" row, and the processor diffusers' own memory tests
-    # measure attention slicing against (set_default_attn_processor).
-    pipe.unet.set_default_attn_processor()
-    pipe.vae.set_default_attn_processor()
+    # measure attention slicing against (set_default_attn_processor). The transformers of SD 3
+    # and Flux keep their own processors (joint attention, rotary embeddings), which have no
+    # classic or plain-SDPA form: the choice applies to a UNet and the VAE.
+    for model in _attention_models(pipe):
+        model.set_default_attn_processor()
+
+
+def _attention_models(pipe: Pipe) -> list[Any]:
+    """The models whose attention processor the attention techniques choose: the UNet, if
+    the pipeline has one, and the VAE."""
+    unet = getattr(pipe, "unet", None)
+    return [pipe.vae] if unet is None else [unet, pipe.vae]
 
 
 def apply_sdpa(pipe: Pipe, ctx: ApplyContext) -> None:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    pipe.unet.set_attn_processor(AttnProcessor2_0())
-    pipe.vae.set_attn_processor(AttnProcessor2_0())
+    for model in _attention_models(pipe):
+        model.set_attn_processor(AttnProcessor2_0())
 
 
 def apply_xformers(pipe: Pipe, ctx: ApplyContext) -> None:
