@@ -304,10 +304,10 @@ def _generation_difference(base_section: GenerationSection | None,
         return (f"{which} does not record the generation settings (written by an older "
                 "pytest-sdmem): save a new baseline")
     base, head = base_section.to_dict(), head_section.to_dict()
-    if base == head:
-        return None
     names = [*GENERATION_ORDER, *sorted((set(base) | set(head)) - set(GENERATION_ORDER))]
     diff = [n for n in names if base.get(n) != head.get(n)]
+    if not diff:  # a setting one side writes as null and the other leaves out is no difference
+        return None
     return ("generated differently: "
             + ", ".join(f"{n} {base.get(n)!r} in the baseline, {head.get(n)!r} now" for n in diff))
 

@@ -290,6 +290,7 @@ class GenerationSection(Section):
     figures (``runner.generation_settings``). Figures of different generations are never
     compared."""
 
+    family: str | None = None
     model: str | None = None
     height: int | None = None
     width: int | None = None
@@ -297,6 +298,7 @@ class GenerationSection(Section):
     batch_size: int | None = None
     guidance_scale: float | None = None
     scheduler: str | None = None
+    max_sequence_length: int | None = None
     dtype: str | None = None
     safety_checker: bool | None = None
 
