@@ -319,9 +319,10 @@ def test_the_gate_judges_each_record_as_the_whole_comparison_does(tmp_path: Path
 
 
 #: Results files written by pytest-sdmem before the record sections were typed (main at
-#: e8210a5, on the CPU with the tiny model): budgets, a snapshot, latency with its breakdown and
-#: an inconclusive speed-up (measured); a run compared against it (compared); estimates with a
-#: GPU's calibrated overhead (estimated).
+#: f8befd2, on the CPU with the tiny model): budgets, a snapshot, latency with its breakdown and
+#: a speed-up (measured); a run compared against it (compared); estimates with a GPU's
+#: calibrated overhead (estimated); and one of main at e8210a5, before the model families, with
+#: an inconclusive speed-up.
 EARLIER_FILES = sorted((Path(__file__).parent / "data" / "results-before-typed-sections")
                        .glob("*.json"))
 
