@@ -1,7 +1,8 @@
 """pytest-sdmem: memory and speed budgets for diffusers pipelines, stated as pytest markers.
 
-The measuring core (``memory``, ``timing``, ``stats``, ``pipelines``, ``techniques``) is plain
-Python; ``plugin`` and ``fixtures`` are the thin pytest glue over it.
+The code is in layers, one folder each (``base``, ``measuring``, ``building``, ``estimate``,
+``gate``, ``report``, ``plugin``; see the README's "How the code is laid out"); everything below
+``plugin`` is plain Python, usable without pytest.
 
 What a test author imports is importable from here (``from pytest_sdmem import SdPipe``). The
 names resolve on first use (module ``__getattr__``), so ``import pytest_sdmem`` imports neither
@@ -30,14 +31,23 @@ _PUBLIC: dict[str, str] = {
     "TechniqueError": "pytest_sdmem.base.errors",
     "parse_size": "pytest_sdmem.base.units",
     "format_size": "pytest_sdmem.base.units",
+    # The warnings, for filters that stay put when modules move (-W error::pytest_sdmem.X).
+    "SdmemLeakWarning": "pytest_sdmem.plugin.leaks",  # memory a test left allocated
+    "SdmemMachineWarning": "pytest_sdmem.plugin.machine",  # the GPU is shared, or cold
+    "SdmemBaselineWarning": "pytest_sdmem.plugin.session",  # a baseline part not compared
+    "CacheWarning": "pytest_sdmem.building.pipelines.cache",  # a cache entry rebuilt
 }
 
 __all__ = [  # the names of _PUBLIC, and the version
+    "CacheWarning",
     "EstimatedSdPipe",
     "ImageDiff",
     "MemoryReport",
     "MemoryTracker",
     "SdPipe",
+    "SdmemBaselineWarning",
+    "SdmemLeakWarning",
+    "SdmemMachineWarning",
     "SpeedupResult",
     "TechniqueError",
     "TimingResult",
@@ -51,12 +61,16 @@ __all__ = [  # the names of _PUBLIC, and the version
 if TYPE_CHECKING:  # what type checkers and editors see in place of __getattr__
     from pytest_sdmem.base.errors import TechniqueError
     from pytest_sdmem.base.units import format_size, parse_size
+    from pytest_sdmem.building.pipelines.cache import CacheWarning
     from pytest_sdmem.building.runner import ImageDiff, SdPipe, make_sd_pipe
     from pytest_sdmem.building.techniques import parse_technique
     from pytest_sdmem.estimate.pipe import EstimatedSdPipe
     from pytest_sdmem.measuring.memory.tracker import MemoryReport, MemoryTracker
     from pytest_sdmem.measuring.stats import SpeedupResult
     from pytest_sdmem.measuring.timing import TimingResult
+    from pytest_sdmem.plugin.leaks import SdmemLeakWarning
+    from pytest_sdmem.plugin.machine import SdmemMachineWarning
+    from pytest_sdmem.plugin.session import SdmemBaselineWarning
 
 
 def __getattr__(name: str) -> Any:

@@ -40,7 +40,7 @@ def test_a_failed_test_leaves_nothing_in_the_next_tests_peak(pytester: pytest.Py
             assert y.sum() > 0
         """
     )
-    result = pytester.runpytest("-W", "error::pytest_sdmem.plugin.leaks.SdmemLeakWarning")
+    result = pytester.runpytest("-W", "error::pytest_sdmem.SdmemLeakWarning")
     result.assert_outcomes(passed=1, failed=2)
     result.stdout.no_fnmatch_line("*left * of cpu memory*")
 

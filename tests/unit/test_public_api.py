@@ -50,3 +50,15 @@ def test_type_checkers_see_the_same_names() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="has no attribute 'SDPipe'"):
         pytest_sdmem.SDPipe  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ["SdmemLeakWarning", "SdmemMachineWarning",
+                                  "SdmemBaselineWarning", "CacheWarning"])
+def test_a_warning_filter_names_the_warning_by_its_public_path(name: str) -> None:
+    """``-W error::pytest_sdmem.SdmemLeakWarning`` (and the ini's filterwarnings) resolve the
+    class through the package's lazy names, wherever its module lives."""
+    from _pytest.config import parse_warning_filter
+
+    action, _, category, _, _ = parse_warning_filter(f"error::pytest_sdmem.{name}", escape=False)
+    assert action == "error" and category is getattr(pytest_sdmem, name)
+    assert issubclass(category, UserWarning)
