@@ -374,7 +374,7 @@ def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path |
     defaults = defaults or GenerationArgs()
     if model in SYNTHETIC_MODELS and get_spec(model).cached:
         # Built before the load is timed: its load is from the cache.
-        ensure_cached(model, Path(cache_dir), safety_checker=safety_checker)
+        ensure_cached(model, Path(cache_dir), safety_checker=safety_checker, device=device)
     loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
     return _load(loader, parse_technique(technique_expr), device, defaults)
 
