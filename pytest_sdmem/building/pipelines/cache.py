@@ -53,6 +53,7 @@ from typing import Any
 
 import diffusers
 import torch
+from diffusers import DiffusionPipeline
 
 from pytest_sdmem.base.atomic import write_atomic
 from pytest_sdmem.base.units import format_size
@@ -395,23 +396,28 @@ def ensure_cached(
 
 def _build_into(directory: Path, model: str, seed: int, safety_checker: bool,
                 device: torch.device) -> None:
-    """Build the pipeline on ``device`` in fp32 and save it into ``directory``, in fp32 and as
-    the fp16 variant; safetensors copies a device's tensors to the host as it saves them.
+    """Build the pipeline on ``device`` and save it into ``directory`` (``_save_built``).
 
-    A CUDA build's memory goes back to the driver afterwards: the allocator would otherwise
-    keep the blocks reserved, and a session's ``reserved`` figures would count them.
+    A CUDA build's memory goes back to the driver afterwards, once nothing of the pipeline is
+    referenced any more: the allocator would otherwise keep the blocks reserved, and the
+    session's ``reserved`` figures would count them.
     """
     with quiet_progress_bars():
-        pipe = build_pipeline(model, seed=seed, safety_checker=safety_checker, device=device)
-        pipe.save_pretrained(directory, safe_serialization=True)
-        # Each model cast itself: the pipeline's .to(dtype) warns about modules kept in fp32,
-        # which SD's models do not have (from_pretrained's cast gives the same bytes:
-        # tests/unit/test_pipelines.py).
-        for component in pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                component.to(torch.float16)
-        pipe.save_pretrained(directory, safe_serialization=True, variant=HALF_VARIANT)
-        del pipe
+        _save_built(directory, build_pipeline(model, seed=seed, safety_checker=safety_checker,
+                                              device=device))
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def _save_built(directory: Path, pipe: DiffusionPipeline) -> None:
+    """Save ``pipe`` in fp32 and as the fp16 variant; safetensors copies a device's tensors to
+    the host as it saves them."""
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # Each model cast itself: the pipeline's .to(dtype) warns about modules kept in fp32, which
+    # SD's models do not have (from_pretrained's cast gives the same bytes:
+    # tests/unit/test_pipelines.py).
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.to(torch.float16)
+    pipe.save_pretrained(directory, safe_serialization=True, variant=HALF_VARIANT)
