@@ -323,9 +323,11 @@ class SdPipe:
         args = self.defaults.with_overrides(**overrides)
         return _load(self._loader, parse_technique(technique), self.device, args)
 
-    def assert_matches_baseline(self, baseline: str = "none", **overrides: Any) -> ImageDiff:
-        """Generate with this technique and with ``baseline`` (a fresh pipeline, same seed and
-        inputs) and compare the images.
+    def assert_matches_baseline(self, baseline: str | SdPipe = "none",
+                                **overrides: Any) -> ImageDiff:
+        """Generate with this technique and with ``baseline`` (a fresh pipeline of that
+        technique, or one the test already holds, so that a test comparing with the same
+        baseline twice loads it once), same seed and inputs, and compare the images.
 
         The tolerance is the loosest of both sets' techniques (fp16 and tiling move pixels more
         than slicing). Raises AssertionError with both differences and the tolerance; returns
@@ -333,14 +335,19 @@ class SdPipe:
         this outside of memory-tracked blocks.
         """
         images = self(**overrides)
-        with self.fresh(baseline, **overrides) as base:
-            expected = base(**overrides)
-            tolerance = self.technique.output_tolerance.loosest(base.technique.output_tolerance)
+        if isinstance(baseline, SdPipe):
+            expected = baseline(**overrides)
+            base_technique = baseline.technique
+        else:
+            with self.fresh(baseline, **overrides) as base:
+                expected = base(**overrides)
+                base_technique = base.technique
+        tolerance = self.technique.output_tolerance.loosest(base_technique.output_tolerance)
         diff = compare_images(images, expected, tolerance)
         if not diff.ok:
             raise AssertionError(
-                f"images of {self.technique.expr!r} differ from baseline {baseline!r}: {diff}; "
-                f"{self.defaults.with_overrides(**overrides)}"
+                f"images of {self.technique.expr!r} differ from baseline "
+                f"{base_technique.expr!r}: {diff}; {self.defaults.with_overrides(**overrides)}"
             )
         return diff
 
@@ -374,7 +381,7 @@ def make_sd_pipe(model: str, technique_expr: str, device: str, cache_dir: Path |
     defaults = defaults or GenerationArgs()
     if model in SYNTHETIC_MODELS and get_spec(model).cached:
         # Built before the load is timed: its load is from the cache.
-        ensure_cached(model, Path(cache_dir), safety_checker=safety_checker)
+        ensure_cached(model, Path(cache_dir), safety_checker=safety_checker, device=device)
     loader = PipelineLoader(model, Path(cache_dir), device, safety_checker)
     return _load(loader, parse_technique(technique_expr), device, defaults)
 

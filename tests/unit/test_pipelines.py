@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -32,7 +34,12 @@ from pytest_sdmem.building.pipelines import (
     load_pipeline,
 )
 from pytest_sdmem.building.pipelines import cache as cache_module
-from pytest_sdmem.building.pipelines.cache import MARKER_NAME, entry_name, is_complete
+from pytest_sdmem.building.pipelines.cache import (
+    MARKER_NAME,
+    build_device,
+    entry_name,
+    is_complete,
+)
 from pytest_sdmem.building.pipelines.quiet import quiet_backend_fallbacks, quiet_progress_bars
 
 PROJECT_ROOT = Path(pipelines.__file__).resolve().parents[2]
@@ -222,6 +229,27 @@ def test_entry_depends_on_architecture_seed_and_checker() -> None:
     }
     assert len(keys) == 4
     assert cache_key("tiny") == cache_key("tiny")
+
+
+def test_a_cuda_build_is_its_own_entry_and_a_cpu_build_is_the_default(tiny_cache: Path) -> None:
+    """A session's device picks the builder; CUDA's generator draws other weights than the
+    CPU's for the same seed, so its entry has its own key and name, while the CPU's (the
+    default builder) names no device. The device path is one: device="cpu" given explicitly
+    builds the default entry, whose marker says where it was built and holds each file's
+    SHA-256 (hashed in parallel)."""
+    assert build_device("cuda:1") == torch.device("cuda:1")
+    assert build_device("cpu") == build_device("mps") == torch.device("cpu")
+    assert cache_key("tiny", built_on="cpu") == cache_key("tiny")
+    assert cache_key("tiny", built_on="cuda") != cache_key("tiny")
+    assert "-cuda-" in entry_name("sd15", safety_checker=True, built_on="cuda")
+    assert "cuda" not in entry_name("sd15", safety_checker=True)
+
+    entry = ensure_cached("tiny", tiny_cache, device="cpu")
+    assert entry == ensure_cached("tiny", tiny_cache) == tiny_cache / entry_name("tiny")
+    marker = json.loads((entry / MARKER_NAME).read_text())
+    assert marker["built_on"] == "cpu" and marker["key"] == cache_key("tiny")
+    for name, expected in marker["files"].items():
+        assert hashlib.sha256((entry / name).read_bytes()).hexdigest() == expected["sha256"]
 
 
 def test_safety_checker_entry_loads_with_the_checker(tiny_cache: Path) -> None:

@@ -119,6 +119,18 @@ def test_assert_matches_baseline_uses_the_loosest_tolerance_of_both_sets(tiny_di
     assert diff.tolerance == parse_technique("fp16").output_tolerance
 
 
+def test_assert_matches_baseline_compares_with_a_held_baseline_without_loading(
+    tiny_dir: Path,
+) -> None:
+    """A test holding its baseline already (test_attention.py) passes it instead of its name:
+    the comparison is the one a fresh load gives, and nothing is loaded (a handle without a
+    loader cannot load)."""
+    with _make(tiny_dir, "vae_slicing") as sd, _make(tiny_dir) as held:
+        loaded = sd.assert_matches_baseline("none")
+        bare = SdPipe(sd.pipe, "vae_slicing", "cpu", DEFAULTS)
+        assert bare.assert_matches_baseline(held) == loaded
+
+
 def test_assert_matches_baseline_fails_on_a_wrong_image(tiny_dir: Path) -> None:
     with _make(tiny_dir, "vae_slicing") as sd:
         with torch.no_grad():

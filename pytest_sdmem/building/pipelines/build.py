@@ -4,8 +4,10 @@ Modules are constructed directly where they will live, in the dtype they will ru
 meta device (which allocates nothing; parameter counts and the estimator), on the CPU for the
 cache, or on a GPU, where a full-size model is initialised in its own dtype in seconds instead
 of an fp32 CPU initialisation followed by a copy. Construction runs inside a forked, seeded
-torch RNG of that device: the same seed gives the same weights on the same device type and
-dtype, and the caller's global RNG state is left as it was.
+torch RNG of that device: the same seed gives the same weights on the CPU in the same dtype,
+and on CUDA on the same GPU model (torch's CUDA random kernels size their grids by the SM
+count, so another model may draw other numbers; pipelines/cache.py keeps CPU and CUDA builds
+apart); the caller's global RNG state is left as it was.
 
 The libraries' default initialisation is kept, unscaled, because it already gives finite,
 meaningful outputs: measured with diffusers 0.42 / torch 2.13 on the CPU, the largest module

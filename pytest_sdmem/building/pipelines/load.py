@@ -294,7 +294,8 @@ def load_pipeline(
     """A fresh pipeline of its family's class, weights in ``dtype``, on the CPU unless said.
 
     A synthetic model with a cache entry (the tiny ones, SD 1.5, SD 2.1) is built once into
-    ``cache_dir`` (see ``ensure_cached``) and loaded from there; the larger ones (SDXL, SD 3,
+    ``cache_dir`` (see ``ensure_cached``: on ``device`` when it is a CUDA one) and loaded from
+    there with ``from_pretrained``, the real loading path; the larger ones (SDXL, SD 3,
     Flux) are built directly on ``device``, a GPU, in ``dtype``. Anything else: a local
     pipeline directory or a hub id whose model_index.json names a supported pipeline class,
     safetensors only, honouring HF_HUB_OFFLINE. ``safety_checker=False`` loads any model
@@ -304,7 +305,8 @@ def load_pipeline(
     if model in SYNTHETIC_MODELS and not get_spec(model).cached:
         pipe = _build_on_device(model, dtype=dtype, device=device, seed=seed)
     elif model in SYNTHETIC_MODELS:
-        entry = ensure_cached(model, cache_dir, seed=seed, safety_checker=safety_checker)
+        entry = ensure_cached(model, cache_dir, seed=seed, safety_checker=safety_checker,
+                              device=device or "cpu")
         try:
             pipe = _from_pretrained(
                 str(entry), dtype=dtype, local_only=True, safety_checker=safety_checker,
