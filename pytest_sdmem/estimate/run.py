@@ -27,7 +27,8 @@ models:
   same.
 * The offload techniques are not run (they move weights between the CPU and a CUDA device);
   their placement is modelled instead. Techniques that replace the Python code by something
-  the meta run cannot follow are refused (``unsupported_reason``).
+  the meta run cannot follow are refused (``unsupported_reason``, from the registry entry's
+  ``estimation``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from torch.overrides import TorchFunctionMode
 from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
 from pytest_sdmem.building.pipelines import build_pipeline
 from pytest_sdmem.building.techniques import (
+    NOT_ESTIMATED,
+    REGISTRY,
     Stage,
     TechniqueError,
     TechniqueSet,
@@ -77,26 +80,6 @@ from pytest_sdmem.estimate.report import EstimateReport
 #: previous one, so more steps cannot change the estimate, only its cost.
 DEFAULT_MAX_STEPS = 5
 
-#: Techniques whose effect the estimator reproduces: configuration applied for real on meta
-#: tensors, or placement modelled (the offload modes).
-MODELLED: frozenset[str] = frozenset({
-    "none", "fp16", "bf16", "sdpa", "attention_slicing", "channels_last", "vae_slicing",
-    "vae_tiling", "layerwise_casting", "model_offload", "sequential_offload", "group_offload",
-})
-
-#: Techniques the estimator cannot follow, and why. They change what runs, not only where.
-REFUSED: dict[str, str] = {
-    "jit_trace": "a traced UNet runs TorchScript's graph executor, not the Python code the "
-                 "estimator follows on meta tensors, and its buffer reuse is not modelled",
-    "compile": "torch.compile fuses kernels and plans its own buffers (inductor), so the eager "
-               "allocations seen on meta tensors are not what compiled code allocates",
-    "xformers": "xFormers' kernels are not modelled (only PyTorch's SDPA kernels are); "
-                "estimate 'sdpa' for memory-efficient attention",
-}
-
-_OFFLOADS = ("model_offload", "sequential_offload", "group_offload")
-
-
 class UnsupportedTechniqueError(TechniqueError):
     """The technique set cannot be estimated; the message says why."""
 
@@ -104,17 +87,18 @@ class UnsupportedTechniqueError(TechniqueError):
 def unsupported_reason(technique_set: TechniqueSet | str) -> str | None:
     """Why ``technique_set`` cannot be estimated on meta tensors, or None when it can.
 
-    Only techniques the estimator knows to model are accepted: one added to the registry later
-    is refused until the estimator models it, rather than estimated as if it were absent.
+    Each registry entry says whether the estimator models it (``Technique.estimation``); an
+    entry added later is refused until the estimator models it, and so is a technique the
+    registry does not hold, rather than estimated as if it were absent.
     """
     ts = parse_technique(technique_set) if isinstance(technique_set, str) else technique_set
     reasons = []
     for technique in ts.techniques:
-        if technique.key in REFUSED:
-            reasons.append(f"{technique.key}: {REFUSED[technique.key]}")
-        elif technique.key not in MODELLED:
-            reasons.append(f"{technique.key}: the estimator has no model of this technique")
-    offloads = [name for name in _OFFLOADS if name in ts]
+        entry = REGISTRY.get(technique.key)
+        refused = (entry.estimation if entry is not None else NOT_ESTIMATED).refused
+        if refused is not None:
+            reasons.append(f"{technique.key}: {refused}")
+    offloads = [t.key for t in ts.techniques if t.stage is Stage.PLACE]
     if "layerwise_casting" in ts and offloads:
         reasons.append(
             f"layerwise_casting with {offloads[0]}: the casting hooks replace the weights' "

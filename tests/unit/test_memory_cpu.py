@@ -218,3 +218,43 @@ def test_threads_are_entered_only_once_a_cpu_backend_exists() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_a_progress_bar_before_the_first_cpu_measurement_does_not_block_it() -> None:
+    """tqdm's monitor thread starts with the first progress bar (a pipeline run that measured
+    nothing, say) and is never entered; it makes no tensors, so a later measurement proceeds.
+    Any other thread started before the backend still refuses the measurement. In a fresh
+    interpreter, where no CPU backend exists yet."""
+    import subprocess
+    import sys
+    import textwrap
+
+    probe = textwrap.dedent("""
+        import threading, time
+        import torch
+        from tqdm import tqdm
+        from pytest_sdmem.measuring.memory import MemoryTracker, get_backend
+        from pytest_sdmem.measuring.memory.tracker import TrackerError
+
+        for _ in tqdm(range(2), mininterval=0, disable=False):
+            pass
+        assert any(type(t).__name__ == "TMonitor" for t in threading.enumerate())
+        stop = threading.Event()
+        other = threading.Thread(target=stop.wait, name="early-worker")
+        other.start()
+        try:
+            with MemoryTracker(get_backend("cpu")):
+                pass
+        except TrackerError as exc:
+            print("early-worker" in str(exc) and "TMonitor" not in str(exc))
+        stop.set()
+        other.join()
+        tracker = MemoryTracker(get_backend("cpu"))
+        with tracker:
+            x = torch.ones(2**20, dtype=torch.uint8)
+        print(tracker.reports[-1].peak_allocated >= 2**20)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

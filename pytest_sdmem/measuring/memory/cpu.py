@@ -257,8 +257,24 @@ _ACTIVE_LOCK = threading.Lock()
 
 def enter_thread() -> None:
     """Run a counting mode in the calling thread until it ends (``threads`` calls this at the
-    start of every new thread): it counts for whichever all-threads counters are active."""
-    _CountingMode(None).__enter__()
+    start of every new thread): it counts for whichever all-threads counters are active.
+
+    The mode is left again when the thread's ``run`` has returned (threading then calls the
+    thread's ``_delete``): a dispatch mode still on a thread's mode stack when the thread ends
+    is freed by torch without the interpreter, which aborts the process at exit
+    ("terminate called without an active exception")."""
+    mode = _CountingMode(None)
+    mode.__enter__()
+    thread = threading.current_thread()
+    finish = getattr(thread, "_delete", None)
+    if finish is None:  # a Python without the hook: the mode stays to the thread's end
+        return
+
+    def leave_then_finish() -> None:
+        mode.__exit__(None, None, None)
+        finish()
+
+    thread._delete = leave_then_finish  # type: ignore[method-assign]
 
 
 class StorageCounter:

@@ -60,7 +60,16 @@ def _on_start(frame: Any, event: str, arg: Any) -> None:
         _previous(frame, event, arg)
 
 
+#: Threads known never to make a tensor, which may have started before ``enable``: tqdm's
+#: monitor (``tqdm._monitor.TMonitor``) starts with the first progress bar, a diffusers
+#: pipeline's included, and only sleeps and reads its bars' clocks.
+HARMLESS_THREAD_TYPES = frozenset({("tqdm._monitor", "TMonitor")})
+
+
 def blind_threads() -> list[threading.Thread]:
-    """Live Python threads, other than the calling one, that run no counting mode."""
+    """Live Python threads, other than the calling one and the known harmless ones, that run
+    no counting mode."""
     me = threading.current_thread()
-    return [t for t in threading.enumerate() if t is not me and t not in ENTERED]
+    return [t for t in threading.enumerate()
+            if t is not me and t not in ENTERED
+            and (type(t).__module__, type(t).__name__) not in HARMLESS_THREAD_TYPES]
