@@ -232,7 +232,13 @@ class HostBoundary(TorchFunctionMode):
 @contextmanager
 def timesteps_on_host(pipe: Any) -> Iterator[None]:
     """Make the pipeline's scheduler keep its timesteps on the host, whatever device the
-    pipeline asks for."""
+    pipeline asks for, and copy the host tensors the denoiser is called with to the device.
+
+    The UNet copies a host timestep to its sample's device itself; the transformers of SD 3
+    and Flux take it as the pipelines pass it (``t.expand(batch)``, Flux's ``/ 1000``), so
+    here the copy is made as the call enters the model: one small block, where CUDA holds the
+    same few bytes as a view or a result of the timesteps tensor.
+    """
     scheduler = pipe.scheduler
     set_timesteps = scheduler.set_timesteps
 
@@ -240,8 +246,20 @@ def timesteps_on_host(pipe: Any) -> Iterator[None]:
     def on_host(*args: Any, device: Any = None, **kwargs: Any) -> Any:
         return set_timesteps(*args, **kwargs)
 
+    def to_device(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu":
+            return value.to("meta")
+        return value
+
+    def inputs_to_device(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return (tuple(map(to_device, args)),
+                {name: to_device(value) for name, value in kwargs.items()})
+
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    handle = denoiser.register_forward_pre_hook(inputs_to_device, with_kwargs=True)
     scheduler.set_timesteps = on_host
     try:
         yield
     finally:
         del scheduler.set_timesteps
+        handle.remove()
