@@ -2,15 +2,19 @@
 
 The synthetic pipeline is built on the meta device (shapes and dtypes, no data: a second, not
 minutes, and no weights in host memory), the technique's configuration is applied with the
-same functions the GPU run uses, and ``StableDiffusionPipeline.__call__`` runs unchanged:
-the text encoder, the denoising loop with classifier-free guidance, the VAE decode, the safety
-checker and the image postprocessing. A ``SimulatedDevice`` turns the meta storages the code
-creates and frees into blocks of the CUDA caching allocator model; a placement policy decides
-where the weights are (see ``placement``); ``CudaAttention`` and ``CudaConvolution`` make SDPA
-and 2-d convolutions allocate what the CUDA kernels of the target card (``gpus``) would,
-cuDNN's convolution workspace included, and the first model entered allocates the cuBLAS and
-cuBLASLt workspaces (``blas``), which stay. A ``Locator`` names the module and function
-running at the peak.
+same functions the GPU run uses, and the family's pipeline ``__call__`` runs unchanged
+(``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
+``FluxPipeline``): the text encoders (SDXL's two CLIPs, SD 3's two CLIPs and T5, Flux's CLIP
+and T5), the denoising loop (a UNet with classifier-free guidance and, for SDXL, its added
+time ids; SD 3's joint-attention transformer; Flux's transformer with rotary embeddings, its
+guidance embedding and packed latents), the VAE decode (SDXL's ``force_upcast`` to float32
+included), SD 1.x's safety checker and the image postprocessing. A ``SimulatedDevice`` turns
+the meta storages the code creates and frees into blocks of the CUDA caching allocator model;
+a placement policy decides where the weights are (see ``placement``); ``CudaAttention`` and
+``CudaConvolution`` make SDPA and 2-d convolutions allocate what the CUDA kernels of the
+target card (``gpus``) would, cuDNN's convolution workspace included, and the first model
+entered allocates the cuBLAS and cuBLASLt workspaces (``blas``), which stay. A ``Locator``
+names the module and function running at the peak.
 
 What had to be bypassed, all at the boundary between device and host, none of it inside the
 models:
@@ -21,8 +25,8 @@ models:
   reads its thresholds with ``.item()``. They allocate nothing on a GPU either.
 * The scheduler keeps its timesteps on the host: schedulers index their tables and compare
   with the timestep (``alphas_cumprod[t]``, ``prev_t >= 0``), which needs values. On a GPU
-  the timesteps tensor is one 512-byte block; here each UNet call copies its timestep to the
-  device instead, also one 512-byte block.
+  the timesteps tensor is one 512-byte block; here each denoiser call copies its timestep to
+  the device instead, also one 512-byte block.
 * No generator (meta tensors have no random numbers); the latents' shape and dtype are the
   same.
 * The offload techniques are not run (they move weights between the CPU and a CUDA device);
@@ -34,6 +38,7 @@ models:
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.util
 import time
 from collections.abc import Iterator
@@ -72,13 +77,38 @@ from pytest_sdmem.estimate.placement import (
 )
 from pytest_sdmem.estimate.report import EstimateReport
 
-#: Steps actually run. Every step runs the same code; what differs between steps is the
+#: Steps run at most. Every step runs the same code; what differs between steps is the
 #: scheduler's history and, with group offloading, the prefetching that starts at the second
-#: UNet call. PNDM (SD 1.5's scheduler) runs one UNet call more than it has steps and keeps up
-#: to four previous model outputs, which it holds from the fifth step on; the multistep
+#: denoiser call. PNDM (SD 1.5's scheduler) runs one UNet call more than it has steps and keeps
+#: up to four previous model outputs, which it holds from the fifth step on; the multistep
 #: schedulers (DPM-Solver, UniPC, DEIS) keep at most three. From then on each step repeats the
 #: previous one, so more steps cannot change the estimate, only its cost.
 DEFAULT_MAX_STEPS = 5
+#: Schedulers that keep no model output from one step to the next: each step reads its sigma
+#: or alpha from tables on the host and returns the new latents from the current ones and the
+#: model output alone. FlowMatchEulerDiscreteScheduler (SD 3, Flux) is Euler's method on the
+#: flow: ``prev = sample + (sigma_next - sigma) * model_output``, keeping only its step index
+#: (``stochastic_sampling`` off, as both models ship it); EulerDiscreteScheduler (SDXL) keeps
+#: nothing either, and DDIM/DDPM/Euler ancestral add at most fresh noise of the latents' shape.
+HISTORY_FREE_SCHEDULERS = frozenset({
+    "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
+})
+#: Steps run for them: the first step differs from the later ones (model offload enters the
+#: denoiser from the text encoders, group offloading records the layers' order during the first
+#: denoiser call and prefetches from the second on, and the first scheduler step replaces the
+#: latents ``prepare_latents`` made); the second is what every later step repeats.
+HISTORY_FREE_STEPS = 2
+
+
+def stationary_steps(scheduler: Any) -> int:
+    """The fewest steps of ``scheduler`` after which each step repeats the previous one:
+    ``HISTORY_FREE_STEPS`` for the schedulers without history, ``DEFAULT_MAX_STEPS`` for the
+    others."""
+    if type(scheduler).__name__ in HISTORY_FREE_SCHEDULERS:
+        return HISTORY_FREE_STEPS
+    return DEFAULT_MAX_STEPS
+
 
 class UnsupportedTechniqueError(TechniqueError):
     """The technique set cannot be estimated; the message says why."""
@@ -128,18 +158,20 @@ def placement_for(ts: TechniqueSet) -> Placement:
 
 def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "none",
                         args: GenerationArgs | None = None, *, safety_checker: bool = True,
-                        max_steps: int = DEFAULT_MAX_STEPS,
+                        max_steps: int | None = None,
                         gpu: Gpu | str | None = None) -> EstimateReport:
     """Estimate ``torch.cuda.max_memory_allocated`` of one generation of the synthetic
-    ``model`` ("sd15", "tiny") under ``technique`` on ``gpu`` (a card or its
-    ``get_device_name()``; default ``gpus.DEFAULT_GPU``), without a GPU.
+    ``model`` (any family of the catalogue: "sd15", "sdxl", "flux-dev", "tiny-sd3", ...)
+    under ``technique`` on ``gpu`` (a card or its ``get_device_name()``; default
+    ``gpus.DEFAULT_GPU``), without a GPU.
 
-    ``args`` defaults to the guide's generation (one 512x512 image); at most ``max_steps``
-    steps are run (see ``DEFAULT_MAX_STEPS``). Raises UnsupportedTechniqueError for a set
+    ``args`` defaults to the guide's generation (one 512x512 image); the steps run are as
+    few as make the peak stationary for the pipeline's scheduler (``stationary_steps``), or
+    at most ``max_steps`` when it is given. Raises UnsupportedTechniqueError for a set
     ``unsupported_reason`` refuses, TechniqueError for an unknown one, ModelError for a
     model that is not synthetic and BlasConfigError for unreadable cuBLAS variables.
     """
-    if max_steps < 1:
+    if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     ts = parse_technique(technique) if isinstance(technique, str) else technique
     reason = unsupported_reason(ts)
@@ -148,16 +180,21 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     args = args or GenerationArgs()
     card = gpu if isinstance(gpu, Gpu) else gpu_for(gpu)
     workspaces = blas_workspaces(card)
-    steps = min(args.num_inference_steps, max_steps)
     started = time.perf_counter()
     pipe = build_pipeline(model, device="meta", safety_checker=safety_checker)
     on_meta = TechniqueSet(tuple(t for t in ts.techniques if t.stage is not Stage.PLACE))
     apply_techniques(pipe, on_meta, args.context("meta"))
     if args.scheduler is not None:
         use_scheduler(pipe, args.scheduler)
+    steps = min(args.num_inference_steps,
+                max_steps if max_steps is not None else stationary_steps(pipe.scheduler))
     models = Models.of(pipe)
     placement = placement_for(ts)
     locator = Locator(models.models)
+    # Cyclic garbage the run makes is freed when the collector runs, whose moments depend on
+    # the objects counted since its last pass: collecting first makes them the run's own, not
+    # the process's history.
+    gc.collect()
     with SimulatedDevice() as device:
         device.where = locator.where
         try:
