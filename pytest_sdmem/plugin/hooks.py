@@ -210,6 +210,27 @@ def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -
     return None
 
 
+def _family_refusal(item: pytest.Item, state: TestState, hooks: SessionHooks) -> str | None:
+    """Why the session model's family refuses the technique of this sd_pipe test (None: it
+    takes it): a skip reason when the technique comes from a parametrization, a suite run
+    against whatever model the session has; a TechniqueError when a marker asked for it by name
+    (``sd_technique``, or ``min_speedup``'s baseline), which would otherwise not be run."""
+    family = hooks.model_family
+    if family is None:  # unreadable model: sd_pipe fails with the reason at setup
+        return None
+    from pytest_sdmem.building.techniques import family_refusals, parse_technique  # torch
+
+    model = hooks.settings.model
+    named = [("@pytest.mark.sd_technique", marked_technique(item)),
+             ("the min_speedup baseline",
+              state.min_speedup.baseline if state.min_speedup is not None else None)]
+    for where, expr in named:
+        if expr is not None and (refused := family_refusals(parse_technique(expr), family)):
+            raise TechniqueError(f"{where} {expr!r} cannot run on --sdmem-model {model}: "
+                                 + "; ".join(refused))
+    return "; ".join(family_refusals(parse_technique(state.technique or "none"), family)) or None
+
+
 def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
     """Parse the item's markers and technique once, at collection; errors stay on the item."""
     settings = hooks.settings
@@ -235,7 +256,10 @@ def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:
         elif (marked := marked_technique(item)) is not None:
             raise MarkerError(f"@pytest.mark.sd_technique({marked!r}) selects the technique of "
                               "the sd_pipe fixture, and this test does not use sd_pipe")
-        if (reason := _skip_reason(state, fixturenames, settings)) is not None:
+        reason = (_family_refusal(item, state, hooks) if "sd_pipe" in fixturenames else None)
+        if reason is None:
+            reason = _skip_reason(state, fixturenames, settings)
+        if reason is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
     except (MarkerError, TechniqueError) as exc:
         state.error = str(exc)
@@ -681,6 +705,17 @@ class SessionHooks:
         #: What the session's end wrote, or why not: shown by the terminal summary, or on
         #: stderr at unconfigure when there is none (an internal error, -p no:terminal).
         self.end_lines: list[Outcome] = []
+
+    @functools.cached_property
+    def model_family(self) -> str | None:
+        """The family (sd1, sd2, sdxl, sd3, flux) of the session's ``--sdmem-model``, read once
+        for the whole collection; None when it cannot be read (sd_pipe fails with the reason)."""
+        from pytest_sdmem.building.pipelines import ModelError, family_of  # imports diffusers
+
+        try:
+            return family_of(self.settings.model)
+        except ModelError:
+            return None
 
     def _check_blas_config(self) -> None:
         """The cuBLAS workspace settings every estimate counts: a bad one is a usage error now,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pytest_sdmem.building.techniques.context import ApplyContext, Pipe
+from pytest_sdmem.building.techniques.context import ApplyContext, Pipe, denoiser
 
 
 class _NoModuleKeptInFloat32(logging.Filter):
@@ -46,8 +46,9 @@ class CastWeights:
 
 def apply_layerwise_casting(pipe: Pipe, ctx: ApplyContext) -> None:
     # Only diffusers models have enable_layerwise_casting (with their own skip patterns for
-    # precision-critical norms); the transformers text encoder keeps its dtype.
-    for model in (pipe.unet, pipe.vae):
+    # precision-critical norms): the denoiser (UNet or transformer) and the VAE; the
+    # transformers text encoders keep their dtype.
+    for model in (denoiser(pipe), pipe.vae):
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                        compute_dtype=model.dtype)
 
