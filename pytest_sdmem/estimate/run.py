@@ -50,7 +50,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
-from pytest_sdmem.building.pipelines import build_pipeline
+from pytest_sdmem.building.pipelines import build_pipeline, get_spec
 from pytest_sdmem.building.techniques import (
     NOT_ESTIMATED,
     REGISTRY,
@@ -58,8 +58,10 @@ from pytest_sdmem.building.techniques import (
     TechniqueError,
     TechniqueSet,
     apply_techniques,
+    family_refusals,
     parse_technique,
 )
+from pytest_sdmem.building.techniques.offload import OffloadGroups
 from pytest_sdmem.estimate.attention import CudaAttention
 from pytest_sdmem.estimate.blas import BlasWorkspaces, blas_workspaces
 from pytest_sdmem.estimate.convolution import CudaConvolution
@@ -114,15 +116,17 @@ class UnsupportedTechniqueError(TechniqueError):
     """The technique set cannot be estimated; the message says why."""
 
 
-def unsupported_reason(technique_set: TechniqueSet | str) -> str | None:
-    """Why ``technique_set`` cannot be estimated on meta tensors, or None when it can.
+def unsupported_reason(technique_set: TechniqueSet | str, model: str | None = None) -> str | None:
+    """Why ``technique_set`` cannot be estimated on meta tensors (for the synthetic ``model``,
+    when given), or None when it can.
 
     Each registry entry says whether the estimator models it (``Technique.estimation``); an
     entry added later is refused until the estimator models it, and so is a technique the
-    registry does not hold, rather than estimated as if it were absent.
+    registry does not hold, rather than estimated as if it were absent. With a model, a
+    technique its family refuses (``Technique.families``) is refused too, with that reason.
     """
     ts = parse_technique(technique_set) if isinstance(technique_set, str) else technique_set
-    reasons = []
+    reasons = [] if model is None else family_refusals(ts, get_spec(model).family)
     for technique in ts.techniques:
         entry = REGISTRY.get(technique.key)
         refused = (entry.estimation if entry is not None else NOT_ESTIMATED).refused
@@ -145,14 +149,15 @@ def unsupported_reason(technique_set: TechniqueSet | str) -> str | None:
 
 
 def placement_for(ts: TechniqueSet) -> Placement:
-    """The placement policy of the set's offload technique (everything resident without)."""
+    """The placement policy of the set's offload technique (everything resident without);
+    group offloading with or without CUDA streams as its entry applies it (on CUDA)."""
     if "model_offload" in ts:
         return ModelOffload()
     if "sequential_offload" in ts:
         return SequentialOffload()
-    if "group_offload" in ts:
-        # The technique uses CUDA streams whenever it runs on CUDA.
-        return GroupOffload(use_stream=True)
+    for technique in ts.techniques:
+        if isinstance(technique.apply, OffloadGroups):
+            return GroupOffload(use_stream=technique.apply.use_stream)
     return Resident()
 
 
@@ -174,7 +179,7 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
     ts = parse_technique(technique) if isinstance(technique, str) else technique
-    reason = unsupported_reason(ts)
+    reason = unsupported_reason(ts, model)
     if reason is not None:
         raise UnsupportedTechniqueError(reason)
     args = args or GenerationArgs()
@@ -214,7 +219,8 @@ def estimate_generation(model: str = "sd15", technique: TechniqueSet | str = "no
         allocator = device.allocator
         return EstimateReport(
             model=model, technique=ts.expr, args=args, steps_estimated=steps,
-            safety_checker=safety_checker,
+            # Only SD 1.x ships a safety checker: the report says whether one ran.
+            safety_checker=safety_checker and get_spec(model).has_safety_checker,
             estimated_allocated=allocator.peak_allocated,
             estimated_reserved=allocator.peak_reserved,
             start_allocated=start, end_allocated=allocator.allocated,

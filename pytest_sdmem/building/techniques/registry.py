@@ -246,6 +246,7 @@ _ENTRIES: tuple[Technique, ...] = (
                                              "streams or without"),
                    Conflict("model_offload", _GROUP_VS_ACCELERATE),
                    Conflict("sequential_offload", _GROUP_VS_ACCELERATE)),
+        estimation=ESTIMATED,
     ),
     Technique(
         name="jit_trace",
