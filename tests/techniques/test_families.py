@@ -185,9 +185,9 @@ def test_fp16_layerwise_casting_is_refused_on_sdxls_upcast_vae(
 
 
 # --- GPU tier: the full-size families' published figures ---------------------------------
-# Run with --gpu (or --sdmem-estimate) and --sdmem-model flux-dev or flux-schnell. diffusers'
-# documentation publishes no memory figure for SDXL or SD 3 with these techniques: their
-# full-size runs have the suite's relational tests, and no budget is made up for them.
+# Run with --gpu (or --sdmem-estimate) and --sdmem-model sd3, flux-dev or flux-schnell.
+# diffusers' documentation publishes no memory figure for SDXL with these techniques: its
+# full-size runs have the suite's relational tests, and no budget is made up for it.
 
 #: diffusers' Flux docs, "Running FP16 inference": FLUX.1-schnell's example generation.
 FLUX_LOW_VRAM_GENERATION = {"height": 768, "width": 1360, "num_inference_steps": 4,
@@ -217,5 +217,19 @@ def test_flux_on_the_gpu_fits_the_documented_50gb(sd_pipe: SdPipe) -> None:
     modeling components" (budget ``flux_on_gpu``): a bf16 generation at the model's defaults,
     fully on the GPU, stays within it. Two steps: flow matching keeps no history, so every step
     peaks alike, and the memory claim needs no more."""
+    images = sd_pipe(num_inference_steps=2)
+    assert images.shape[0] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.sd_family("sd3")
+@pytest.mark.max_vram(budget="sd3_fp16_on_gpu")
+@pytest.mark.parametrize("sd_pipe", ["fp16+sdpa"], indirect=True)
+def test_sd3_in_fp16_fits_a_24gb_gpu(sd_pipe: SdPipe) -> None:
+    """diffusers' SD 3 docs, "Memory Optimisations for SD3": with its three text encoders (one
+    of them T5-XXL), SD 3 is "challenging to run ... on GPUs with less than 24GB of VRAM, even
+    when using fp16 precision" (budget ``sd3_fp16_on_gpu``): an fp16 generation at the
+    model's defaults, fully on the GPU, with diffusers' default SDPA processors. Two steps:
+    flow matching keeps no history, so every step peaks alike."""
     images = sd_pipe(num_inference_steps=2)
     assert images.shape[0] == 1
