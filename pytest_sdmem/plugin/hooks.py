@@ -212,23 +212,29 @@ def _skip_reason(state: TestState, fixturenames: set[str], settings: Settings) -
 
 def _family_refusal(item: pytest.Item, state: TestState, hooks: SessionHooks) -> str | None:
     """Why the session model's family refuses the technique of this sd_pipe test (None: it
-    takes it): a skip reason when the technique comes from a parametrization, a suite run
-    against whatever model the session has; a TechniqueError when a marker asked for it by name
-    (``sd_technique``, or ``min_speedup``'s baseline), which would otherwise not be run."""
+    takes it). A technique from a parametrization (a suite run against whatever model the
+    session has) is a skip reason; one a marker asks for by name (``sd_technique``, or
+    ``min_speedup``'s baseline for a test that runs) is a TechniqueError, since what was asked
+    would otherwise not be run."""
     family = hooks.model_family
     if family is None:  # unreadable model: sd_pipe fails with the reason at setup
         return None
     from pytest_sdmem.building.techniques import family_refusals, parse_technique  # torch
 
-    model = hooks.settings.model
-    named = [("@pytest.mark.sd_technique", marked_technique(item)),
-             ("the min_speedup baseline",
-              state.min_speedup.baseline if state.min_speedup is not None else None)]
-    for where, expr in named:
-        if expr is not None and (refused := family_refusals(parse_technique(expr), family)):
-            raise TechniqueError(f"{where} {expr!r} cannot run on --sdmem-model {model}: "
-                                 + "; ".join(refused))
-    return "; ".join(family_refusals(parse_technique(state.technique or "none"), family)) or None
+    def refused(expr: str) -> str:
+        return "; ".join(family_refusals(parse_technique(expr), family))
+
+    def asked(where: str, expr: str) -> TechniqueError:
+        return TechniqueError(f"{where} {expr!r} cannot run on --sdmem-model "
+                              f"{hooks.settings.model}: {refused(expr)}")
+
+    if (marked := marked_technique(item)) is not None and refused(marked):
+        raise asked("@pytest.mark.sd_technique", marked)
+    if reason := refused(state.technique or "none"):
+        return reason
+    if state.min_speedup is not None and refused(state.min_speedup.baseline):
+        raise asked("the min_speedup baseline", state.min_speedup.baseline)
+    return None
 
 
 def _validate(item: pytest.Item, hooks: SessionHooks) -> TestState:

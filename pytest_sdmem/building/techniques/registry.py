@@ -198,8 +198,10 @@ _ENTRIES: tuple[Technique, ...] = (
         claim="weight memory below fp16's (diffusers: fp8 storage < fp16 weights)",
         order=45, stage=Stage.CONFIGURE, apply=apply_layerwise_casting, min_torch="2.1",
         output_tolerance=FP8_STORAGE,
-        notes="The text encoder (a transformers model) has no enable_layerwise_casting and keeps "
-              "its dtype; diffusers skips norm layers by default.",
+        notes="The text encoders (transformers models) have no enable_layerwise_casting and "
+              "keep their dtype; diffusers skips norm layers by default. With fp16 on a VAE "
+              "that the pipeline upcasts for decoding (SDXL's force_upcast) it is refused at "
+              "apply: the hooks would compute in fp16 on the upcast fp32 inputs.",
         estimation=ESTIMATED,
     ),
     Technique(
@@ -236,9 +238,10 @@ _ENTRIES: tuple[Technique, ...] = (
         estimation=ESTIMATED,
     ),
     Technique(
-        name="group_offload_no_stream",
-        summary="leaf-level group offloading without CUDA streams (pipe.enable_group_offload, "
-                "use_stream=False): each layer is brought over when it is called",
+        name="sync_group_offload",
+        summary="leaf-level group offloading with synchronous copies, no CUDA streams "
+                "(pipe.enable_group_offload, use_stream=False): each layer is brought over "
+                "when it is called",
         claim="the memory of sequential offload (the guide: leaf level without streams is "
               "equivalent to CPU offloading), at most the streamed variant's peak",
         order=53, stage=Stage.PLACE, apply=OffloadGroups(use_stream=False), requires_cuda=True,
@@ -258,7 +261,7 @@ _ENTRIES: tuple[Technique, ...] = (
             _traced_hooks("sequential_offload"),
             _traced_hooks("model_offload"),
             _traced_hooks("group_offload"),
-            _traced_hooks("group_offload_no_stream"),
+            _traced_hooks("sync_group_offload"),
             Conflict("compile", "both replace the UNet's forward: trace or compile, not both"),
         ),
         families=Families.refusing({
