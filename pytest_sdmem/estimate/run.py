@@ -58,6 +58,7 @@ from pytest_sdmem.building.techniques import (
     TechniqueError,
     TechniqueSet,
     apply_techniques,
+    denoiser,
     family_refusals,
     parse_technique,
 )
@@ -298,8 +299,7 @@ def timesteps_on_host(pipe: Any) -> Iterator[None]:
         return (tuple(map(to_device, args)),
                 {name: to_device(value) for name, value in kwargs.items()})
 
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    handle = denoiser.register_forward_pre_hook(inputs_to_device, with_kwargs=True)
+    handle = denoiser(pipe).register_forward_pre_hook(inputs_to_device, with_kwargs=True)
     scheduler.set_timesteps = on_host
     try:
         yield

@@ -125,6 +125,10 @@ def test_sdxl_force_upcast_decodes_with_a_float32_vae() -> None:
     offloaded = estimate("tiny-sdxl", "{dtype}+sdpa+model_offload")
     assert offloaded.peak_place is not None and offloaded.peak_phase == "vae"
     assert offloaded.peak_place.weights == fp32
+    # Everything else at the peak is the same: resident, the float32 VAE is among the other
+    # blocks (cast on the device); offloaded, it is not counted a second time.
+    assert (resident.peak_place.allocated - resident.peak_place.weights - fp32
+            == offloaded.peak_place.allocated - offloaded.peak_place.weights)
 
 
 def _meta_vae(model: str) -> torch.nn.Module:
