@@ -175,7 +175,7 @@ def build_settings(
         model=model,
         cache_dir=Path(raw.get("sdmem_cache_dir") or default_cache).expanduser(),
         # An estimate describes the GPU run of the same test: same steps (the estimator itself
-        # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
+        # stops once the steps repeat, see estimate.run.stationary_steps).
         steps=_positive("--sdmem-steps", steps, int) if steps is not None else None,
         size=size_px,
         max_time=_positive("--sdmem-max-time", raw.get("sdmem_max_time", 30.0), float),
