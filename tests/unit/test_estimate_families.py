@@ -250,3 +250,15 @@ def test_joint_attention_allocates_the_flash_output_and_log_sum_exp(
             assert device.allocator.peak_allocated - before < batch * heads * seq * seq * 2 / 20
             assert out.shape == (batch, heads, seq, dim)
         assert dict(attention.kernels) == {kernel: 1}
+
+
+def test_the_processors_lay_out_joint_attention_as_the_table_says() -> None:
+    """The real processors on an H100: Flux's attention reaches SDPA sequence-major (cuDNN
+    takes it), SD 3's joint attention heads-major (cuDNN's layout check fails, flash takes
+    it). Tiny: 2 steps x 2 transformer blocks each; the rest is the text encoders and VAE."""
+    h100 = "NVIDIA H100 80GB HBM3"
+    flux = estimate("tiny-flux", "{dtype}+sdpa", gpu=h100).attention_kernels
+    assert flux == {CUDNN: 2 * 2 + 2 + 2 + 1}  # + CLIP's 2 layers, T5's 2, the VAE's 1
+    sd3 = estimate("tiny-sd3", "{dtype}+sdpa", gpu=h100).attention_kernels
+    # CLIP x2 and T5 encode the prompt and the negative prompt: (2 + 2 + 2) x 2, + the VAE.
+    assert sd3 == {FLASH: 2 * 2, CUDNN: 6 * 2 + 1}
