@@ -69,7 +69,8 @@ class GenerationArgs:
         """What the techniques are set up for (jit_trace traces these shapes)."""
         return ApplyContext(device=device, height=self.height, width=self.width,
                             batch_size=self.batch_size, steps=self.num_inference_steps,
-                            guidance_scale=self.guidance_scale)
+                            guidance_scale=self.guidance_scale,
+                            max_sequence_length=self.max_sequence_length)
 
     def __str__(self) -> str:
         return (f"{self.batch_size} image(s) {self.width}x{self.height}, "

@@ -36,6 +36,7 @@ from pytest_sdmem.building.techniques import (
     TechniqueError,
     TechniqueSet,
     apply_techniques,
+    family_refusals,
     parse_technique,
     unmet_requirements,
 )
@@ -120,7 +121,10 @@ def compare_images(actual: np.ndarray, expected: np.ndarray,
 @dataclass(frozen=True)
 class PipelineLoader:
     """The :data:`Loader` of :func:`make_sd_pipe`: load ``model`` in the set's dtype (the fp16 /
-    bf16 of the guide is a load-time choice), then apply the set for ``device``."""
+    bf16 of the guide is a load-time choice), then apply the set for ``device``. A set the
+    device cannot run is an UnmetRequirementError (a skip), one with a technique the model's
+    family refuses a TechniqueError (the plugin decides both at collection; this is the
+    backstop)."""
 
     model: str
     cache_dir: Path
@@ -131,6 +135,10 @@ class PipelineLoader:
         reasons = unmet_requirements(ts, self.device)
         if reasons:
             raise UnmetRequirementError(ts, self.device, reasons)
+        refused = family_refusals(ts, family_of(self.model))
+        if refused:  # before loading: a technique the model cannot take is never a no-op
+            raise TechniqueError(f"technique {ts.expr!r} cannot apply to model "
+                                 f"{self.model!r}: {'; '.join(refused)}")
         pipe = load_pipeline(self.model, dtype=ts.dtype, cache_dir=self.cache_dir,
                              safety_checker=self.safety_checker, device=self.device)
         return apply_techniques(pipe, ts, args.context(self.device))

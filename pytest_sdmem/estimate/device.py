@@ -20,7 +20,8 @@ live blocks: see ``peak``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,6 +52,8 @@ class _StorageEvents(StorageCounter):
     def see_storage(self, storage: torch.UntypedStorage, tensor: torch.Tensor | None = None,
                     **kwargs: Any) -> bool:
         key = storage._cdata
+        if self._device.born_on_host:
+            self._device.host_keys.add(key)
         if key in self._device.host_keys:
             return True
         before = self._refs.get(key)
@@ -85,6 +88,8 @@ class SimulatedDevice:
     def __init__(self) -> None:
         self.allocator = CachingAllocatorModel()
         self.host_keys: set[int] = set()
+        #: While set, storages born are host-resident (see ``on_host``).
+        self.born_on_host = False
         self.phase = PIPELINE_PHASE
         self.phase_peaks: dict[str, int] = {}
         self.peak_place: PeakPlace | None = None
@@ -120,6 +125,20 @@ class SimulatedDevice:
     def keep_on_host(self, tensors: Iterable[torch.Tensor]) -> None:
         """Declare tensors to live on the CPU: their storages never count on the device."""
         self.host_keys.update(t.untyped_storage()._cdata for t in tensors)
+
+    def is_on_host(self, tensor: torch.Tensor) -> bool:
+        """Whether ``tensor``'s storage lives on the CPU (``keep_on_host``)."""
+        return tensor.untyped_storage()._cdata in self.host_keys
+
+    @contextmanager
+    def on_host(self) -> Iterator[None]:
+        """Storages born inside are on the CPU: the result of converting a host tensor
+        (an offloaded model's ``.to(dtype)`` runs on the CPU)."""
+        before, self.born_on_host = self.born_on_host, True
+        try:
+            yield
+        finally:
+            self.born_on_host = before
 
     def copy_in(self, tensor: torch.Tensor, stream: int = 0) -> Block | None:
         """Allocate the device copy of a host tensor (``tensor.to("cuda")``: dense, its own

@@ -27,6 +27,12 @@ so the residency follows the code that actually runs.
   one (two groups on the device at once) through a second stream, whose cached blocks the
   compute stream cannot reuse.
 
+A pipeline may convert an offloaded model while it runs (SDXL's ``force_upcast`` VAE:
+``vae.to(torch.float32)`` before the decode and back to float16 after it): the conversion of
+weights that live on the CPU happens on the CPU, so the policies that keep weights there
+(``convert_on_host``) make the converted copies host-resident too; the device copy made when
+the model is next onloaded then has the new dtype's size.
+
 Layerwise casting needs no policy: its hooks run for real on meta (the weights are stored in
 float8 and each layer's compute-dtype copy exists during its forward, as on CUDA).
 """
@@ -159,10 +165,41 @@ class Placement:
             handle.remove()
         self._handles = []
 
+    def convert_on_host(self, model: torch.nn.Module) -> None:
+        """Make ``model.to(...)`` and its like (``Module._apply``) convert the tensors that live
+        on the host on the host: their converted copies are not device allocations. Tensors
+        on the device are converted there, as before."""
+        device = self.device
+        assert device is not None
+        apply = model._apply
+
+        def on_host_apply(fn: Callable[[torch.Tensor], torch.Tensor], *args: Any,
+                          **kwargs: Any) -> torch.nn.Module:
+            def convert(tensor: torch.Tensor) -> torch.Tensor:
+                if not device.is_on_host(tensor):
+                    return fn(tensor)
+                with device.on_host():
+                    return fn(tensor)
+            return apply(convert, *args, **kwargs)
+
+        model._apply = on_host_apply  # type: ignore[method-assign]
+        self._handles.append(_InstanceAttribute(model, "_apply"))
+
     def _hook(self, module: torch.nn.Module, before: Callable[[], None],
               after: Callable[[], None]) -> None:
         self._handles.append(module.register_forward_pre_hook(lambda m, a: before()))
         self._handles.append(module.register_forward_hook(lambda m, a, o: after()))
+
+
+@dataclass(frozen=True)
+class _InstanceAttribute:
+    """A handle that removes an attribute set on one object (``remove``, like a hook's)."""
+
+    owner: object
+    name: str
+
+    def remove(self) -> None:
+        self.owner.__dict__.pop(self.name, None)
 
 
 class Resident(Placement):
@@ -195,6 +232,7 @@ class ModelOffload(Placement):
         for name, model in models.models.items():
             if name not in models.exclude:
                 device.keep_on_host(apply_order(model))
+                self.convert_on_host(model)
         for name, model in models.models.items():
             if name in models.exclude:
                 device.place(apply_order(model))
@@ -249,6 +287,7 @@ class SequentialOffload(Placement):
                 device.place(staying)
                 if moved:
                     self._onload_during_forward(module, moved)
+            self.convert_on_host(model)
 
     def _onload_during_forward(self, module: torch.nn.Module, tensors: list[torch.Tensor]) -> None:
         device = self.device
@@ -302,6 +341,7 @@ class GroupOffload(Placement):
         stream = TRANSFER_STREAM if self.use_stream else 0
         for model in models.models.values():
             device.keep_on_host(apply_order(model))
+            self.convert_on_host(model)
             leaders = self._groups(model, stream)
             root_group = leaders.pop(model, None) or _Group([], 0)
             # Without streams there is no prefetching, so no execution order is recorded.

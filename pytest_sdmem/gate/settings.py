@@ -153,7 +153,7 @@ def build_settings(
         model=model,
         cache_dir=raw.get("sdmem_cache_dir") or default_cache.expanduser(),
         # An estimate describes the GPU run of the same test: same steps (the estimator itself
-        # stops once the steps repeat, see estimate.run.DEFAULT_MAX_STEPS).
+        # stops once the steps repeat, see estimate.run.stationary_steps).
         steps=steps,
         image_size=size,
         max_time=raw.get("sdmem_max_time") or 30.0,

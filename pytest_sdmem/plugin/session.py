@@ -108,7 +108,10 @@ class Session:
         fixturenames = set(getattr(item, "fixturenames", ()))
         try:
             self._parse_markers(item, state, fixturenames)
-            if (reason := self.mode.skip_reason(state, fixturenames)) is not None:
+            reason = self._family_refusal(item, state) if "sd_pipe" in fixturenames else None
+            if reason is None:
+                reason = self.mode.skip_reason(state, fixturenames)
+            if reason is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
         except (MarkerError, TechniqueError) as exc:
             state.error = str(exc)
@@ -136,6 +139,43 @@ class Session:
         elif (marked := marked_technique(item)) is not None:
             raise MarkerError(f"@pytest.mark.sd_technique({marked!r}) selects the technique of "
                               "the sd_pipe fixture, and this test does not use sd_pipe")
+
+    @functools.cached_property
+    def model_family(self) -> str | None:
+        """The family (sd1, sd2, sdxl, sd3, flux) of the session's ``--sdmem-model``, read once
+        for the whole collection; None when it cannot be read (sd_pipe fails with the reason)."""
+        from pytest_sdmem.building.pipelines import ModelError, family_of  # imports diffusers
+
+        try:
+            return family_of(self.settings.model)
+        except ModelError:
+            return None
+
+    def _family_refusal(self, item: pytest.Item, state: TestState) -> str | None:
+        """Why the session model's family refuses the technique of this sd_pipe test (None: it
+        takes it). A technique from a parametrization (a suite run against whatever model the
+        session has) is a skip reason; one a marker asks for by name (``sd_technique``, or
+        ``min_speedup``'s baseline) is a TechniqueError, since what was asked would otherwise
+        not be run."""
+        family = self.model_family
+        if family is None:
+            return None
+        from pytest_sdmem.building.techniques import family_refusals, parse_technique  # torch
+
+        def refused(expr: str) -> str:
+            return "; ".join(family_refusals(parse_technique(expr), family))
+
+        def asked(where: str, expr: str) -> TechniqueError:
+            return TechniqueError(f"{where} {expr!r} cannot run on --sdmem-model "
+                                  f"{self.settings.model}: {refused(expr)}")
+
+        if (marked := marked_technique(item)) is not None and refused(marked):
+            raise asked("@pytest.mark.sd_technique", marked)
+        if reason := refused(state.technique or "none"):
+            return reason
+        if state.min_speedup is not None and refused(state.min_speedup.baseline):
+            raise asked("the min_speedup baseline", state.min_speedup.baseline)
+        return None
 
     def device_name(self) -> str:
         """The GPU model whose budgets apply: the one an estimate stands for, not this

@@ -67,3 +67,39 @@ def test_a_missing_model_is_one_clear_error(pytester: pytest.Pytester, tmp_path:
     # Once in the error's report, once in the short summary (which does not repeat the id).
     assert sum(f"model '{missing}'" in line for line in result.outlines) == 2
     result.stdout.fnmatch_lines([f"ERROR *test_x - Failed: model '{missing}'*"])
+
+
+def test_a_technique_the_family_refuses_is_skipped_or_an_error(pytester: pytest.Pytester,
+                                                               model_cache: Path) -> None:
+    """Issue 15: a technique that cannot apply to the session's model family is never a silent
+    no-op. Parametrized (a suite run against any model), it is skipped at collection with the
+    registry's reason; asked for by name in a marker, it is an error of that test. Nothing is
+    loaded for either: the decision is the registry's, before the fixture."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("sd_pipe", ["fp16", "channels_last+vae_slicing"],
+                                 indirect=True)
+        def test_parametrized(sd_pipe):
+            raise AssertionError("a refused technique must not run")
+
+        @pytest.mark.sd_technique("attention_slicing")
+        def test_marked(sd_pipe):
+            raise AssertionError("a refused technique must not run")
+
+        @pytest.mark.min_speedup(1.0, baseline="jit_trace")
+        def test_baseline(sd_pipe):
+            raise AssertionError("a refused baseline must not run")
+        """
+    )
+    result = pytester.runpytest(f"--sdmem-cache-dir={model_cache}", "--sdmem-model=tiny-flux",
+                                "-rA")
+    result.assert_outcomes(skipped=2, errors=2)
+    result.stdout.fnmatch_lines_random([
+        "SKIPPED [[]1[]] *fp16 does not apply to flux models: *bfloat16*Running FP16 inference*",
+        "SKIPPED [[]1[]] *channels_last does not apply to flux models: *transformer*",
+        "*sd_technique 'attention_slicing' cannot run on --sdmem-model tiny-flux: "
+        "attention_slicing does not apply to flux models*",
+        "*min_speedup baseline 'jit_trace' cannot run on --sdmem-model tiny-flux*",
+    ])

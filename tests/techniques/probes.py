@@ -10,11 +10,13 @@ pipelines alive side by side, the technique's and its baseline's, do not blur th
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from pytest_sdmem.building.runner import SdPipe
 from pytest_sdmem.building.techniques import TechniqueSet, example_unet_inputs
 from pytest_sdmem.measuring.memory import MemoryReport, MemoryTracker
+from pytest_sdmem.plugin.options import resolve
 
 #: Steps a memory claim on SD 1.5 needs with its PNDM scheduler (skip_prk_steps): a memory
 #: claim does not depend on the step count once every step has run its full set of tensors.
@@ -87,3 +89,19 @@ def load(sd_pipe: SdPipe, technique: str, tracker: MemoryTracker) -> tuple[SdPip
 def image_bytes(images: np.ndarray, dtype: torch.dtype) -> int:
     """What ``images`` take on the device as decoded tensors of ``dtype``."""
     return images.size * torch.empty((), dtype=dtype).element_size()
+
+
+def gpu_run(config: pytest.Config) -> bool:
+    """Whether this session runs on CUDA (``--gpu`` or the ``sdmem_gpu`` ini key)."""
+    return bool(resolve(config, "gpu"))
+
+
+#: Decided at collection, before the fixture compiles: inductor's C++ code generation for the
+#: tiny UNet takes 45-70 s on a 2-core CPU with a cold cache, half of the CPU tier's whole
+#: budget. tests/unit checks dynamo's capture with the eager backend; --gpu compiles for real.
+#: A module using it imports ``gpu_run`` too: pytest evaluates the condition in its globals.
+COMPILE_ON_CPU_IS_TOO_SLOW = pytest.mark.skipif(
+    "not gpu_run(config)",
+    reason="compile on the CPU: inductor takes 45-70 s to compile the tiny UNet on 2 cores with "
+           "a cold cache, over the CPU tier's time budget; runs with --gpu",
+)

@@ -16,6 +16,7 @@ from pytest_sdmem.measuring.memory import MemoryTracker
 CLASSIC = "none"
 
 
+@pytest.mark.sd_family("sd1", "sd2")  # one UNet step with SD 1.x/2.x's inputs (probes.unet_step)
 @pytest.mark.parametrize(
     ("sd_pipe", "max_fraction"),
     [

@@ -36,6 +36,7 @@ ROWS = [
 
 
 @pytest.mark.gpu
+@pytest.mark.sd_family("sd1")  # SD 1.5's figures
 @pytest.mark.parametrize("sd_pipe", ["none"], indirect=True)
 def test_original_row(sd_pipe: SdPipe) -> None:
     """Guide table, "original": fp32 with the classic attention processor, 9.50 s on a Titan
@@ -47,6 +48,7 @@ def test_original_row(sd_pipe: SdPipe) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.sd_family("sd1")  # SD 1.5's figures
 @pytest.mark.parametrize("sd_pipe", ROWS, indirect=True)
 def test_row_is_faster_than_the_original(sd_pipe: SdPipe) -> None:
     """Guide table, rows 2 to 5 (cumulative: x2.63, x2.88, x2.96, x3.61 over fp32), and the

@@ -34,6 +34,7 @@ def test_offload_keeps_the_images(sd_pipe: SdPipe) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.sd_family("sd1")  # SD 1.5's figures
 @pytest.mark.parametrize(
     "sd_pipe",
     [
@@ -54,6 +55,7 @@ def test_sequential_offload_keeps_vram_low(sd_pipe: SdPipe) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.sd_family("sd1")  # SD 1.5's figures
 # diffusers' setup of its 3.5e9 threshold: fp16, the classic UNet attention processor, the
 # safety checker resident (sd15 loads it; model offload keeps it on the GPU), PNDM, 512x512;
 # why sm90 cards get 24 MiB more (their cuBLAS workspace) is in budgets.toml.
@@ -76,6 +78,7 @@ def test_model_offload_saves_vram_at_almost_no_latency(sd_pipe: SdPipe) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.sd_family("sd1", "sd2")  # one UNet step with SD 1.x/2.x's inputs (probes.unet_step)
 @pytest.mark.parametrize("sd_pipe", ["fp16+group_offload"], indirect=True)
 def test_group_offload_memory_order(
     sd_pipe: SdPipe, cuda_mem_tracker: MemoryTracker, baseline_mem_tracker: MemoryTracker

@@ -8,25 +8,9 @@ images of the same pipeline without it, within the registry's tolerance for its 
 from __future__ import annotations
 
 import pytest
-from probes import without
+from probes import COMPILE_ON_CPU_IS_TOO_SLOW, gpu_run, without  # noqa: F401 - gpu_run: the mark's condition
 
 from pytest_sdmem.building.runner import SdPipe
-from pytest_sdmem.plugin.options import resolve
-
-
-def gpu_run(config: pytest.Config) -> bool:
-    """Whether this session runs on CUDA (``--gpu`` or the ``sdmem_gpu`` ini key)."""
-    return bool(resolve(config, "gpu"))
-
-
-#: Decided at collection, before the fixture compiles: inductor's C++ code generation for the
-#: tiny UNet takes 45-70 s on a 2-core CPU with a cold cache, half of the CPU tier's whole
-#: budget. tests/unit checks dynamo's capture with the eager backend; --gpu compiles for real.
-COMPILE_ON_CPU_IS_TOO_SLOW = pytest.mark.skipif(
-    "not gpu_run(config)",
-    reason="compile on the CPU: inductor takes 45-70 s to compile the tiny UNet on 2 cores with "
-           "a cold cache, over the CPU tier's time budget; runs with --gpu",
-)
 
 
 @pytest.mark.parametrize("sd_pipe", ["channels_last"], indirect=True)

@@ -35,6 +35,7 @@ def test_half_precision_halves_the_weights(
         f"{format_size(full_bytes)} in fp32")
 
 
+@pytest.mark.sd_family("sd1", "sd2")  # one UNet step with SD 1.x/2.x's inputs (probes.unet_step)
 @pytest.mark.parametrize("sd_pipe", ["fp16+layerwise_casting"], indirect=True)
 def test_layerwise_casting_stores_the_weights_below_fp16(
     sd_pipe: SdPipe, cuda_mem_tracker: MemoryTracker, baseline_mem_tracker: MemoryTracker

@@ -168,8 +168,11 @@ def test_workflow_triggers_and_jobs() -> None:
     assert cpu["runs-on"] == "ubuntu-latest"
     assert steps_running(cpu, "--index-url https://download.pytorch.org/whl/cpu")
     assert steps_running(cpu, "pytest tests/techniques")
-    [estimate] = steps_running(cpu, "--sdmem-estimate")
+    estimate, families = steps_running(cpu, "--sdmem-estimate")
     assert "tests/techniques" in estimate and "--sdmem-json" in estimate
+    # Issue 15: the GPU tier's budgets of every family, estimated in the hosted job.
+    assert "--sdmem-model" in families and "--sdmem-json" in families
+    assert all(model in families for model in ("sdxl", "sd3", "flux-dev", "flux-schnell"))
     [pytest_run] = steps_running(gpu, "pytest --gpu")
     for option in ("--sdmem-json results/head.json", "--sdmem-snapshot-dir results/snapshots",
                    "--junitxml results/junit.xml"):

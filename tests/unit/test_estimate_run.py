@@ -23,11 +23,12 @@ from pytest_sdmem.estimate import (
 )
 from pytest_sdmem.estimate.allocator import round_size
 from pytest_sdmem.estimate.placement import apply_order
+from pytest_sdmem.estimate.run import HISTORY_FREE_STEPS
 
 TINY_ARGS = GenerationArgs(num_inference_steps=2, height=64, width=64)
 MODELLED = ("none", "fp16", "bf16", "sdpa", "attention_slicing", "attention_slicing(1)",
             "vae_slicing", "vae_tiling", "channels_last", "layerwise_casting", "model_offload",
-            "sequential_offload", "group_offload")
+            "sequential_offload", "group_offload", "sync_group_offload")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_modelled_techniques_are_estimated(tiny: dict[str, EstimateReport],
     report = estimate_tiny(tiny, technique)
     assert report.technique == parse_technique(technique).expr
     assert 0 < report.start_allocated < report.estimated_allocated or (
-        technique == "group_offload" and report.start_allocated == 0)
+        technique.endswith("group_offload") and report.start_allocated == 0)
     assert report.tensor_bytes_at_peak <= report.estimated_allocated <= report.estimated_reserved
     assert set(report.phase_peaks) == {"pipeline", "text_encoder", "unet", "vae",
                                        "safety_checker"}
@@ -151,10 +152,15 @@ def test_the_card_decides_kernels_and_workspaces_and_the_report_names_it(
     assert "NVIDIA H100 80GB HBM3" in h100.to_memory_report().device_name
 
 
-def test_steps_are_capped_and_the_cap_is_reported() -> None:
-    report = estimate_generation("tiny", "fp16", TINY_ARGS.with_overrides(num_inference_steps=50))
-    assert report.steps_estimated == DEFAULT_MAX_STEPS
-    assert f"{DEFAULT_MAX_STEPS} of 50 steps" in str(report)
+def test_steps_are_capped_per_scheduler_and_the_cap_is_reported() -> None:
+    fifty = TINY_ARGS.with_overrides(num_inference_steps=50)
+    report = estimate_generation("tiny", "fp16", fifty)  # DDIM keeps no history
+    assert report.steps_estimated == HISTORY_FREE_STEPS
+    assert f"{HISTORY_FREE_STEPS} of 50 steps" in str(report)
+    unipc = estimate_generation("tiny", "fp16", fifty.with_overrides(
+        scheduler="UniPCMultistepScheduler"))
+    assert unipc.steps_estimated == DEFAULT_MAX_STEPS
+    assert estimate_generation("tiny", "fp16", fifty, max_steps=3).steps_estimated == 3
 
 
 @pytest.mark.parametrize("scheduler", [

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 from pytest_sdmem.base.units import parse_size
-from pytest_sdmem.building.techniques import PRESETS, REGISTRY
+from pytest_sdmem.building.pipelines import SYNTHETIC_MODELS, get_spec
+from pytest_sdmem.building.techniques import FAMILIES, PRESETS, REGISTRY
 from pytest_sdmem.plugin.options import OPTIONS
 
 ROOT = Path(__file__).parents[2]
@@ -66,3 +67,44 @@ def test_the_headline_example_is_the_case_checked_on_the_sd15_estimate() -> None
     sd15 = (ROOT / "tests" / "unit" / "test_estimate_sd15.py").read_text(encoding="utf-8")
     assert f'estimate("{technique}", batch_size={batch})' in sd15
     assert "sliced.estimated_allocated < 4e9" in sd15
+
+
+def families_table() -> str:
+    """docs/techniques.md's table of model families x techniques, as the registry states it:
+    each technique's families, why not the others, and whether the estimator models it."""
+    header = ["technique", *FAMILIES, "not on, because", "`--sdmem-estimate`"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in REGISTRY.values():
+        cells = ["yes" if t.families.reason(f) is None else "**no**" for f in FAMILIES]
+        by_reason: dict[str, list[str]] = {}
+        for family, reason in t.families.refused:
+            by_reason.setdefault(reason, []).append(family)
+        why = "<br>".join(f"{', '.join(fs)}: {reason}" for reason, fs in by_reason.items())
+        estimated = "modelled" if t.estimation.refused is None else "refused"
+        lines.append("| " + " | ".join([f"`{t.name}`", *cells, why, estimated]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_families_table_is_the_registrys() -> None:
+    """The table of docs/techniques.md is generated from the registry: a technique that gains
+    or loses a family changes it, and this test prints the table to paste."""
+    techniques = (DOCS / "techniques.md").read_text(encoding="utf-8")
+    table = families_table()
+    assert table in techniques, f"docs/techniques.md's families table is stale; it is:\n{table}"
+
+
+def readme_families_table() -> str:
+    """The README's compact table: each family, its synthetic models and the techniques it
+    does not take."""
+    lines = ["| family | `--sdmem-model` | every technique but |", "|---|---|---|"]
+    for family in FAMILIES:
+        models = ", ".join(f"`{m}`" for m in SYNTHETIC_MODELS if get_spec(m).family == family)
+        refused = ", ".join(f"`{t.name}`" for t in REGISTRY.values()
+                            if t.families.reason(family) is not None) or "-"
+        lines.append(f"| {family} | {models} | {refused} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_readme_families_table_is_the_registrys() -> None:
+    table = readme_families_table()
+    assert table in README, f"README's families table is stale; it is:\n{table}"

@@ -14,7 +14,8 @@ guide's table measures, and ``fp16`` would not be comparable with ``none``.
 One room a job, each importing only the rooms below it (the ``techniques`` contract in
 pyproject.toml):
 
-- ``apply`` switches a set on; ``requirements`` says what it misses on this machine;
+- ``apply`` switches a set on; ``requirements`` says what it misses on this machine, and which
+  of its techniques the model's family refuses (each entry's ``families``);
 - ``parse`` turns an expression into a :class:`TechniqueSet`;
 - ``registry`` holds the entries and presets: adding a technique is adding one entry;
 - ``weights``, ``attention``, ``vae``, ``offload``, ``compile`` hold the apply functions,
@@ -29,13 +30,15 @@ from pytest_sdmem.building.techniques.compile import (
     example_unet_inputs,
     triton_build_problem,
 )
-from pytest_sdmem.building.techniques.context import Apply, ApplyContext, Pipe
+from pytest_sdmem.building.techniques.context import Apply, ApplyContext, Pipe, denoiser
 from pytest_sdmem.building.techniques.parse import TechniqueSet, parse_technique
 from pytest_sdmem.building.techniques.registry import PRESETS, REGISTRY, Preset
-from pytest_sdmem.building.techniques.requirements import unmet_requirements
+from pytest_sdmem.building.techniques.requirements import family_refusals, unmet_requirements
 from pytest_sdmem.building.techniques.technique import (
+    ALL_FAMILIES,
     BFLOAT,
     ESTIMATED,
+    FAMILIES,
     FP8_STORAGE,
     HALF,
     NOT_ESTIMATED,
@@ -44,6 +47,7 @@ from pytest_sdmem.building.techniques.technique import (
     TILED,
     Conflict,
     Estimation,
+    Families,
     OutputTolerance,
     Parameter,
     Stage,
@@ -52,8 +56,10 @@ from pytest_sdmem.building.techniques.technique import (
 from pytest_sdmem.building.techniques.weights import cast_pipeline
 
 __all__ = [
+    "ALL_FAMILIES",
     "BFLOAT",
     "ESTIMATED",
+    "FAMILIES",
     "FP8_STORAGE",
     "HALF",
     "NOT_ESTIMATED",
@@ -66,6 +72,7 @@ __all__ = [
     "ApplyContext",
     "Conflict",
     "Estimation",
+    "Families",
     "OutputTolerance",
     "Parameter",
     "Pipe",
@@ -77,7 +84,9 @@ __all__ = [
     "TracedUNet",
     "apply_techniques",
     "cast_pipeline",
+    "denoiser",
     "example_unet_inputs",
+    "family_refusals",
     "parse_technique",
     "triton_build_problem",
     "unmet_requirements",

@@ -1,6 +1,7 @@
-"""Techniques that replace the UNet's forward: ``jit_trace`` (the guide's traced UNet,
-:class:`TracedUNet`) and ``compile`` (torch.compile, today's replacement), with the inputs both
-are warmed up on and the probe for the compiler ``compile`` needs."""
+"""Techniques that replace the denoiser's forward: ``jit_trace`` (the guide's traced UNet,
+:class:`TracedUNet`) and ``compile`` (torch.compile of the UNet or transformer, today's
+replacement), with the inputs they are traced or warmed up on and the probe for the compiler
+``compile`` needs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pytest_sdmem.building.techniques.context import ApplyContext, Pipe, is_cuda
+from pytest_sdmem.building.techniques.context import ApplyContext, Pipe, denoiser, is_cuda
 
 
 def example_unet_inputs(pipe: Pipe, ctx: ApplyContext) -> tuple[torch.Tensor, ...]:
@@ -125,19 +126,31 @@ def apply_jit_trace(pipe: Pipe, ctx: ApplyContext) -> None:
     pipe.unet = TracedUNet(traced, unet.config, sample.shape, text.shape)
 
 
+#: Denoising steps of ``compile``'s warm-up generation: every call the pipeline makes to its
+#: denoiser has the shapes and arguments of the first, and two steps stay clear of any
+#: scheduler's one-step corner case.
+COMPILE_WARM_UP_STEPS = 2
+
+
 def apply_compile(pipe: Pipe, ctx: ApplyContext) -> None:
-    # In place (nn.Module.compile) rather than torch.compile(unet): the UNet stays a
-    # UNet2DConditionModel, so offload and casting hooks and the pipeline's attribute reads are
-    # untouched. One warm-up call at the generation's shapes compiles now, not inside the first
-    # measured call.
-    pipe.unet.compile()
-    sample, timestep, text = example_unet_inputs(pipe, ctx)
+    # In place (nn.Module.compile) rather than torch.compile(model): the UNet or transformer
+    # keeps its class, so offload and casting hooks and the pipeline's attribute reads are
+    # untouched. The warm-up is a short generation at ``ctx``'s shapes, to latents (no VAE),
+    # called by the pipeline itself: compiled code is guarded on the number, shapes and dtypes
+    # of the arguments, and each family's pipeline passes its own (SDXL's added conditioning,
+    # Flux's guidance and position ids), so the measured generation compiles nothing more.
+    # With model offload, the call sends the models back as any call does.
+    denoiser(pipe).compile()
+    kwargs: dict[str, Any] = {
+        "prompt": "", "num_inference_steps": min(ctx.steps, COMPILE_WARM_UP_STEPS),
+        "height": ctx.height, "width": ctx.width, "num_images_per_prompt": ctx.batch_size,
+        "guidance_scale": ctx.guidance_scale, "output_type": "latent",
+        "generator": torch.Generator(device=ctx.device).manual_seed(0),
+    }
+    if ctx.max_sequence_length is not None:
+        kwargs["max_sequence_length"] = ctx.max_sequence_length
     with torch.no_grad():
-        # The keyword arguments StableDiffusionPipeline passes: compiled code is guarded on
-        # their number, so any other call would compile again at the first generation.
-        pipe.unet(sample, timestep, encoder_hidden_states=text, timestep_cond=None,
-                  cross_attention_kwargs=None, added_cond_kwargs=None, return_dict=False)
-    pipe.maybe_free_model_hooks()  # with model offload, send the UNet back as a call would
+        pipe(**kwargs)
 
 
 def triton_build_problem(environ: Mapping[str, str] | None = None,

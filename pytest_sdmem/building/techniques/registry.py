@@ -27,7 +27,7 @@ from pytest_sdmem.building.techniques.compile import (
     compiler_probe,
 )
 from pytest_sdmem.building.techniques.offload import (
-    apply_group_offload,
+    OffloadGroups,
     apply_model_offload,
     apply_sequential_offload,
 )
@@ -40,6 +40,7 @@ from pytest_sdmem.building.techniques.technique import (
     TILED,
     Conflict,
     Estimation,
+    Families,
     Parameter,
     Stage,
     Technique,
@@ -69,6 +70,22 @@ def _traced_hooks(name: str) -> Conflict:
     return Conflict(name, _HOOKS_NOT_TRACED.format(name))
 
 
+def _unet_side(reason: str) -> Families:
+    """A technique of the UNet families (SD 1.x, 2.x, SDXL): SD 3 and Flux denoise with a
+    transformer, and ``reason`` says what that leaves the technique to act on."""
+    why = f"SD 3 and Flux denoise with a transformer, not a UNet: {reason}"
+    return Families.refusing({"sd3": why, "flux": why})
+
+
+#: diffusers' Flux documentation ("Running FP16 inference",
+#: https://huggingface.co/docs/diffusers/api/pipelines/flux#running-fp16-inference).
+_FLUX_FP16 = (
+    "Flux is published and run in bfloat16; in float16 some activations of its text encoders "
+    "must be clipped, so the images differ from bf16's and fp32's (diffusers' Flux docs, "
+    "'Running FP16 inference'): use bf16, which halves the weights the same way"
+)
+
+
 _ENTRIES: tuple[Technique, ...] = (
     Technique(
         name="none",
@@ -87,6 +104,10 @@ _ENTRIES: tuple[Technique, ...] = (
         order=10, stage=Stage.CONFIGURE, apply=CastWeights(torch.float16), dtype=torch.float16,
         output_tolerance=HALF,
         conflicts=(Conflict("bf16", "a pipeline is loaded in one dtype: fp16 or bf16"),),
+        notes="SDXL's VAE is published with force_upcast: in an fp16 pipeline it decodes in "
+              "fp32 (StableDiffusionXLPipeline casts it up for the decode and back after), "
+              "unless its config sets force_upcast to False (an fp16-safe VAE).",
+        families=Families.refusing({"flux": _FLUX_FP16}),
         estimation=ESTIMATED,
     ),
     Technique(
@@ -138,6 +159,9 @@ _ENTRIES: tuple[Technique, ...] = (
             Conflict("sdpa", "slicing installs its own attention processor and silently replaces "
                              "SDPA; diffusers warns that slicing SDPA only slows it down"),
         ),
+        families=_unet_side("enable_attention_slicing slices the attention of a UNet, and the "
+                            "transformers' joint-attention processors have no sliced form, so "
+                            "it would change nothing"),
         estimation=ESTIMATED,
     ),
     Technique(
@@ -147,6 +171,8 @@ _ENTRIES: tuple[Technique, ...] = (
         claim="x2.88 over fp32 with fp16 (3.30 s); SD's unet.conv_out weight stride goes from "
               "(2880, 9, 3, 1) to (2880, 1, 960, 320)",
         order=30, stage=Stage.CONFIGURE, apply=apply_channels_last, output_tolerance=REORDERED,
+        families=_unet_side("channels_last is the layout of the UNet's 4-d convolution "
+                            "weights, and a transformer's layers are linear over tokens"),
         estimation=ESTIMATED,
     ),
     Technique(
@@ -167,13 +193,15 @@ _ENTRIES: tuple[Technique, ...] = (
     ),
     Technique(
         name="layerwise_casting",
-        summary="UNet and VAE weights stored in float8 e4m3, each layer upcast to the "
-                "pipeline's dtype for its forward (enable_layerwise_casting)",
+        summary="denoiser (UNet or transformer) and VAE weights stored in float8 e4m3, each "
+                "layer upcast to the pipeline's dtype for its forward (enable_layerwise_casting)",
         claim="weight memory below fp16's (diffusers: fp8 storage < fp16 weights)",
         order=45, stage=Stage.CONFIGURE, apply=apply_layerwise_casting, min_torch="2.1",
         output_tolerance=FP8_STORAGE,
-        notes="The text encoder (a transformers model) has no enable_layerwise_casting and keeps "
-              "its dtype; diffusers skips norm layers by default.",
+        notes="The text encoders (transformers models) have no enable_layerwise_casting and "
+              "keep their dtype; diffusers skips norm layers by default. With fp16 on a VAE "
+              "that the pipeline upcasts for decoding (SDXL's force_upcast) it is refused at "
+              "apply: the hooks would compute in fp16 on the upcast fp32 inputs.",
         estimation=ESTIMATED,
     ),
     Technique(
@@ -199,13 +227,28 @@ _ENTRIES: tuple[Technique, ...] = (
     ),
     Technique(
         name="group_offload",
-        summary="leaf-level group offloading with CUDA streams (pipe.enable_group_offload)",
+        summary="leaf-level group offloading with CUDA streams (pipe.enable_group_offload, "
+                "use_stream=True): the next layer is prefetched while this one runs",
         claim="less memory than block-level offload and no offload; the images stay right "
               "(diffusers issues 11981 and 12673)",
-        order=52, stage=Stage.PLACE, apply=apply_group_offload, requires_cuda=True,
+        order=52, stage=Stage.PLACE, apply=OffloadGroups(use_stream=True), requires_cuda=True,
         conflicts=(Conflict("vae_tiling", "diffusers warns that group offloading an autoencoder "
                                           "with CUDA streams may not work when its first forward "
                                           "pass runs tiled"),),
+        estimation=ESTIMATED,
+    ),
+    Technique(
+        name="sync_group_offload",
+        summary="leaf-level group offloading with synchronous copies, no CUDA streams "
+                "(pipe.enable_group_offload, use_stream=False): each layer is brought over "
+                "when it is called",
+        claim="the memory of sequential offload (the guide: leaf level without streams is "
+              "equivalent to CPU offloading), at most the streamed variant's peak",
+        order=53, stage=Stage.PLACE, apply=OffloadGroups(use_stream=False), requires_cuda=True,
+        conflicts=(Conflict("group_offload", "a pipeline is group-offloaded once: with CUDA "
+                                             "streams or without"),
+                   Conflict("model_offload", _GROUP_VS_ACCELERATE),
+                   Conflict("sequential_offload", _GROUP_VS_ACCELERATE)),
         estimation=ESTIMATED,
     ),
     Technique(
@@ -218,8 +261,18 @@ _ENTRIES: tuple[Technique, ...] = (
             _traced_hooks("sequential_offload"),
             _traced_hooks("model_offload"),
             _traced_hooks("group_offload"),
+            _traced_hooks("sync_group_offload"),
             Conflict("compile", "both replace the UNet's forward: trace or compile, not both"),
         ),
+        families=Families.refusing({
+            "sdxl": "the traced UNet takes latents, timestep and text embeddings; SDXL's UNet "
+                    "also takes the pooled text embedding and the size micro-conditioning "
+                    "(added_cond_kwargs), which the trace does not carry: use compile",
+            "sd3": "the traced UNet replaces pipe.unet, and SD 3 denoises with a transformer: "
+                   "use compile",
+            "flux": "the traced UNet replaces pipe.unet, and Flux denoises with a transformer: "
+                    "use compile",
+        }),
         notes="torch.jit.trace is deprecated in current PyTorch (its replacement is "
               "torch.compile / torch.export): the DeprecationWarning and the TracerWarnings of "
               "the trace are caught. A trace is fixed to the shapes of the ApplyContext; other "
@@ -230,7 +283,8 @@ _ENTRIES: tuple[Technique, ...] = (
     ),
     Technique(
         name="compile",
-        summary="torch.compile of the UNet (in place, default mode), warmed up at apply",
+        summary="torch.compile of the denoiser (UNet or transformer; in place, default mode), "
+                "warmed up at apply",
         claim="today's replacement for the traced UNet: at least its speed-up",
         order=61, stage=Stage.WRAP, apply=apply_compile, min_torch="2.0", probe=compiler_probe,
         output_tolerance=REORDERED,

@@ -1,5 +1,6 @@
 """What a technique set needs from this machine: a CUDA device, packages, a torch version, and
-what an entry's own probe checks (a compiler for ``compile``)."""
+what an entry's own probe checks (a compiler for ``compile``); and from the model: a family
+each of its techniques applies to."""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def unmet_requirements(ts: TechniqueSet, device: str) -> list[str]:
         if t.probe is not None and (reason := t.probe(device)) is not None:
             reasons.append(reason)
     return list(dict.fromkeys(reasons))
+
+
+def family_refusals(ts: TechniqueSet, family: str) -> list[str]:
+    """Why techniques of ``ts`` cannot apply to a model of ``family`` (sd1, sd2, sdxl, sd3,
+    flux), one reason per technique from its registry entry; empty when all apply."""
+    return [f"{t.key} does not apply to {family} models: {reason}"
+            for t in ts.techniques if (reason := t.families.reason(family)) is not None]

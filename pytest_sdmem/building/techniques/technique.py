@@ -1,7 +1,8 @@
 """What one technique is: when it is applied (:class:`Stage`), how far its images may drift
 (:class:`OutputTolerance` and its tiers), what it cannot be combined with (:class:`Conflict`),
-its optional argument (:class:`Parameter`), how the estimator treats it (:class:`Estimation`),
-and the :class:`Technique` entry that holds them all."""
+the model families it applies to (:class:`Families`), its optional argument
+(:class:`Parameter`), how the estimator treats it (:class:`Estimation`), and the
+:class:`Technique` entry that holds them all."""
 
 from __future__ import annotations
 
@@ -77,6 +78,45 @@ class Conflict:
     reason: str
 
 
+#: The model families of the catalogue, in its order (``pipelines.FAMILIES``, which this room
+#: cannot import: pipelines and techniques are sibling rooms; a test keeps the two equal).
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd3", "flux")
+
+
+@dataclass(frozen=True)
+class Families:
+    """The model families a technique applies to: every family but those in ``refused``, each
+    with the reason it cannot apply there.
+
+    A technique applied to a family it refuses would fail deep inside diffusers or, worse, do
+    nothing (a UNet-side switch on a transformer model): the plugin skips such a test at
+    collection with the reason, or fails it when a marker asked for the technique by name.
+    """
+
+    refused: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def refusing(cls, reasons: dict[str, str]) -> Families:
+        """Refuse each family of ``reasons`` (family -> why), in the catalogue's order."""
+        unknown = sorted(set(reasons) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown families {unknown}: expected some of {FAMILIES}")
+        return cls(tuple((family, reasons[family]) for family in FAMILIES if family in reasons))
+
+    def reason(self, family: str) -> str | None:
+        """Why the technique cannot apply to ``family``; None when it can."""
+        return dict(self.refused).get(family)
+
+    @property
+    def applies_to(self) -> tuple[str, ...]:
+        """The families the technique applies to, in the catalogue's order."""
+        return tuple(f for f in FAMILIES if self.reason(f) is None)
+
+
+#: A technique of every family.
+ALL_FAMILIES = Families()
+
+
 @dataclass(frozen=True)
 class Parameter:
     """The optional argument of a technique, written ``name(arg)``.
@@ -118,7 +158,8 @@ class Technique:
     ``dtype`` is the load dtype it implies (None: no opinion); ``sets_attention`` marks the
     techniques that choose the attention processor, so the classic one is not installed;
     ``probe(device)`` returns a reason when a requirement that is not a package, a CUDA device
-    or a torch version is missing (a C++ compiler for ``compile``); ``estimation`` says whether
+    or a torch version is missing (a C++ compiler for ``compile``); ``families`` says which model
+    families it applies to and why not the others; ``estimation`` says whether
     ``--sdmem-estimate`` can follow it.
     """
 
@@ -138,6 +179,7 @@ class Technique:
     sets_attention: bool = False
     probe: Callable[[str], str | None] | None = None
     parameter: Parameter | None = None
+    families: Families = ALL_FAMILIES
     estimation: Estimation = NOT_ESTIMATED
 
     @property

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from pytest_sdmem.building.techniques.context import ApplyContext, Pipe
+from pytest_sdmem.base.errors import TechniqueError
+from pytest_sdmem.building.techniques.context import ApplyContext, Pipe, denoiser
 
 
 class _NoModuleKeptInFloat32(logging.Filter):
@@ -45,12 +46,27 @@ class CastWeights:
 
 
 def apply_layerwise_casting(pipe: Pipe, ctx: ApplyContext) -> None:
+    if upcasts_vae(pipe):
+        raise TechniqueError(
+            "layerwise_casting cannot run in fp16 with this VAE: its config has force_upcast "
+            "(SDXL's, as published), so the pipeline casts it to fp32 for every decode, and "
+            "the casting hooks would still compute its layers in fp16 on fp32 inputs (a dtype "
+            "error). Use bf16 or fp32, or a VAE with force_upcast off")
     # Only diffusers models have enable_layerwise_casting (with their own skip patterns for
-    # precision-critical norms); the transformers text encoder keeps its dtype.
-    for model in (pipe.unet, pipe.vae):
+    # precision-critical norms): the denoiser (UNet or transformer) and the VAE; the
+    # transformers text encoders keep their dtype.
+    for model in (denoiser(pipe), pipe.vae):
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
                                        compute_dtype=model.dtype)
 
 
 def apply_channels_last(pipe: Pipe, ctx: ApplyContext) -> None:
     pipe.unet.to(memory_format=torch.channels_last)
+
+
+def upcasts_vae(pipe: Pipe) -> bool:
+    """Whether the pipeline casts its fp16 VAE to fp32 for each decode: SDXL's pipeline does
+    (``upcast_vae``) when the VAE's config has ``force_upcast``, as SDXL's published VAE has."""
+    vae = pipe.vae
+    return (hasattr(pipe, "upcast_vae") and vae.dtype == torch.float16
+            and bool(getattr(vae.config, "force_upcast", False)))
