@@ -1,4 +1,5 @@
-"""Exact live-storage accounting (memory/cpu.py) and get_backend, with real allocations."""
+"""Exact live-storage accounting (memory/storage.py), its backend (memory/cpu.py) and
+get_backend, with real allocations."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from torch.testing._internal.two_tensor import TwoTensor
 
 from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend, normalize_device
-from pytest_sdmem.measuring.memory.cpu import CpuBackend, StorageCounter
+from pytest_sdmem.measuring.memory.cpu import CpuBackend
+from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 MIB = 2**20
 
