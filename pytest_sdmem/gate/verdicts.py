@@ -15,7 +15,7 @@ from pytest_sdmem.gate.baseline import MetricDelta
 from pytest_sdmem.gate.markers import MaxVram
 from pytest_sdmem.measuring.memory import MemoryReport
 from pytest_sdmem.measuring.metrics import METRICS
-from pytest_sdmem.measuring.stats import SpeedupResult
+from pytest_sdmem.measuring.speedup import SpeedupResult
 
 
 class Verdict(Protocol):
