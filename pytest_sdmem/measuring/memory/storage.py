@@ -38,7 +38,6 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from pytest_sdmem.measuring.memory import dispatch, threads
-from pytest_sdmem.measuring.memory.dispatch import CountingMode
 from pytest_sdmem.measuring.memory.frames import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_TOP,
@@ -74,7 +73,7 @@ class StorageCounter:
         self._current = 0
         self._peak = 0
         self._active = 0
-        self._mode: CountingMode | None = None
+        self._mode: dispatch.CountingMode | None = None
         self._mode_thread: int | None = None
         self.all_threads = all_threads
         if all_threads:
@@ -188,7 +187,7 @@ class StorageCounter:
                 if self.all_threads:
                     dispatch.listen(self, True)
                 if not (self.all_threads and threading.current_thread() in threads.ENTERED):
-                    self._mode = CountingMode(self)
+                    self._mode = dispatch.CountingMode(self)
                     self._mode.__enter__()
                     self._mode_thread = threading.get_ident()
                 self.rescan()
