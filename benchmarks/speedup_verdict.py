@@ -64,7 +64,7 @@ import torch
 from pytest_sdmem.base.units import format_duration
 from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.building.runner import make_sd_pipe
-from pytest_sdmem.measuring.stats import DEFAULT_PLAN, SpeedupResult
+from pytest_sdmem.measuring.speedup import DEFAULT_PLAN, SpeedupResult
 from pytest_sdmem.measuring.timing import TimeBudgetTooShort, measure_speedup, synchronizer
 
 MODEL = "tiny"

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_sdmem.measuring.stats import DEFAULT_PLAN, SequentialPlan
+from pytest_sdmem.measuring.speedup import DEFAULT_PLAN, SequentialPlan
 
 DATA = Path(__file__).parent / "data"
 MARGIN = 1.2  # a clear claim: 20% from the true ratio

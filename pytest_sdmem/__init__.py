@@ -26,7 +26,7 @@ _PUBLIC: dict[str, str] = {
     "MemoryTracker": "pytest_sdmem.measuring.memory.tracker",  # the cuda_mem_tracker fixture
     "MemoryReport": "pytest_sdmem.measuring.memory.tracker",
     "TimingResult": "pytest_sdmem.measuring.timing",  # SdPipe.latency's result
-    "SpeedupResult": "pytest_sdmem.measuring.stats",  # SdPipe.speedup_over's result
+    "SpeedupResult": "pytest_sdmem.measuring.speedup",  # SdPipe.speedup_over's result
     "parse_technique": "pytest_sdmem.building.techniques",
     "TechniqueError": "pytest_sdmem.base.errors",
     "parse_size": "pytest_sdmem.base.units",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # what type checkers and editors see in place of __getattr__
     from pytest_sdmem.building.techniques import parse_technique
     from pytest_sdmem.estimate.pipe import EstimatedSdPipe
     from pytest_sdmem.measuring.memory.tracker import MemoryReport, MemoryTracker
-    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.speedup import SpeedupResult
     from pytest_sdmem.measuring.timing import TimingResult
     from pytest_sdmem.plugin.leaks import SdmemLeakWarning
     from pytest_sdmem.plugin.machine import SdmemMachineWarning

@@ -72,7 +72,7 @@ estimate_pid=$!
 # Interrupted or failed before the wait below: the estimate does not outlive the script.
 trap 'kill "$estimate_pid" 2>/dev/null || true' EXIT
 
-# --sdmem-max-time 60: a speed-up verdict needs 3-4 timed pairs (pytest_sdmem.measuring.stats.
+# --sdmem-max-time 60: a speed-up verdict needs 3-4 timed pairs (pytest_sdmem.measuring.speedup.
 # SequentialPlan); the slowest pair of the tier (SD 1.5 in fp32, 25 steps, or fp16 with model
 # offload at 50 steps, with its baseline) takes a few seconds on an H100, so 60 s holds the
 # first looks many times over and a heavy-tailed run's distribution-free interval (10+ pairs).

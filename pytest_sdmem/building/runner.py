@@ -40,7 +40,8 @@ from pytest_sdmem.building.techniques import (
     parse_technique,
     unmet_requirements,
 )
-from pytest_sdmem.measuring.stats import SpeedupResult, median
+from pytest_sdmem.measuring.speedup import SpeedupResult
+from pytest_sdmem.measuring.stats import median
 from pytest_sdmem.measuring.timing import (
     LatencyBreakdown,
     PartTimes,

@@ -2,9 +2,9 @@
 
 Code run on the meta device creates and frees storages exactly where it would on CUDA (the same
 Python and the same aten ops, minus the data), so the core's exact storage accounting
-(``memory.cpu.StorageCounter`` on "meta") sees every allocation and every release in order. A
-subclass reports each of those events to a ``CachingAllocatorModel`` instead of only adding up
-bytes. Two kinds of storage are not on the simulated GPU:
+(``memory.storage.StorageCounter`` on "meta") sees every allocation and every release in order.
+A subclass reports each of those events to a ``CachingAllocatorModel`` instead of only adding
+up bytes. Two kinds of storage are not on the simulated GPU:
 
 * anything that existed before the device was activated: the counter starts empty instead of
   scanning the process, because the pipeline's weights are put on the device by the placement
@@ -28,19 +28,15 @@ import torch
 
 from pytest_sdmem.estimate.allocator import Block, CachingAllocatorModel
 from pytest_sdmem.estimate.peak import PeakPlace, describe_tensor, largest
-from pytest_sdmem.measuring.memory.cpu import StorageCounter
+from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 #: The phase before any model has run (and the name for work outside the models).
 PIPELINE_PHASE = "pipeline"
 
 
 class _StorageEvents(StorageCounter):
-    """A meta ``StorageCounter`` that tells its device when a storage is born, grows or dies.
-
-    It relies on two details of the base class: ``see_storage`` is where a storage is counted
-    (or its new size taken), and ``_on_free`` is the weak-reference callback that fires when a
-    counted storage is released; ``_refs`` maps storage keys to their references.
-    """
+    """A meta ``StorageCounter`` that tells its device when a storage is born, grows or dies
+    (the counter's ``on_count``/``on_resize``/``on_release`` hooks), keyed by storage key."""
 
     def __init__(self, device: SimulatedDevice) -> None:
         super().__init__("meta")
@@ -56,24 +52,17 @@ class _StorageEvents(StorageCounter):
             self._device.host_keys.add(key)
         if key in self._device.host_keys:
             return True
-        before = self._refs.get(key)
-        old_bytes = before.nbytes if before is not None and before() is storage else None
-        if not super().see_storage(storage, tensor, **kwargs):
-            return False
-        ref = self._refs[key]
-        if old_bytes is None:
-            if before is not None:  # a dead storage under the same key whose callback is pending
-                self._device.storage_freed(id(before))
-            self._device.storage_born(id(ref), ref.nbytes, tensor)
-        elif old_bytes != ref.nbytes:  # resized: CUDA allocates the new size, then frees the old
-            self._device.storage_resized(id(ref), ref.nbytes, tensor)
-        return True
+        return super().see_storage(storage, tensor, **kwargs)
 
-    def _on_free(self, ref: Any) -> None:
-        live = self._refs.get(ref.key) is ref
-        super()._on_free(ref)
-        if live:
-            self._device.storage_freed(id(ref))
+    def on_count(self, key: int, nbytes: int, tensor: torch.Tensor | None) -> None:
+        self._device.storage_born(key, nbytes, tensor)
+
+    def on_resize(self, key: int, nbytes: int, tensor: torch.Tensor | None) -> None:
+        # CUDA allocates the new size, then frees the old
+        self._device.storage_resized(key, nbytes, tensor)
+
+    def on_release(self, key: int, nbytes: int) -> None:
+        self._device.storage_freed(key)
 
 
 class SimulatedDevice:

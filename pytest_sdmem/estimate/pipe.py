@@ -14,7 +14,7 @@ from pytest_sdmem.base.errors import NeedsRealRun
 from pytest_sdmem.building.generation import GenerationArgs
 from pytest_sdmem.building.runner import ImageDiff
 from pytest_sdmem.building.techniques import TechniqueSet, parse_technique
-from pytest_sdmem.measuring.stats import SpeedupResult
+from pytest_sdmem.measuring.speedup import SpeedupResult
 from pytest_sdmem.measuring.timing import TimingResult
 
 

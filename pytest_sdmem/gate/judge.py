@@ -11,15 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_sdmem.gate.baseline import (
-    Comparison,
-    MetricDelta,
-    RecordKey,
-    compare_record,
-    compare_runs,
-    load_baseline,
-    record_key,
-)
+from pytest_sdmem.gate.baseline import Comparison, compare_record, compare_runs, load_baseline
+from pytest_sdmem.gate.deltas import MetricDelta, RecordKey, record_key
 from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.gate.tolerances import Tolerances, parse_tolerances
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # reading a results file needs none of them (nor the torch th
     from pytest_sdmem.estimate.report import EstimateReport, Overhead
     from pytest_sdmem.measuring.memory import MemoryReport
     from pytest_sdmem.measuring.memory.frames import SnapshotReport
-    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.speedup import SpeedupResult
     from pytest_sdmem.measuring.timing import TimingResult
 
 S = TypeVar("S", bound="Section")

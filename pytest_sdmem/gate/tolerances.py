@@ -24,7 +24,7 @@ from pytest_sdmem.base.units import (
 
 # vram covers peak allocated and peak reserved memory, latency the median latency and each
 # figure of its breakdown (load, first call, per step, text encoding, VAE decode), speedup the
-# measured speed-up ratio (where lower is worse); ``baseline.FIGURES`` maps figures to these.
+# measured speed-up ratio (where lower is worse); ``deltas.FIGURES`` maps figures to these.
 METRICS = ("vram", "latency", "speedup")
 
 DEFAULT_TOLERANCE_SPEC = "vram=5%,latency=10%,speedup=5%"

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pytest_sdmem.base.units import format_size
-from pytest_sdmem.gate.baseline import MetricDelta
+from pytest_sdmem.gate.deltas import MetricDelta
 from pytest_sdmem.gate.markers import MaxVram
 from pytest_sdmem.measuring.memory import MemoryReport
 from pytest_sdmem.measuring.metrics import METRICS
-from pytest_sdmem.measuring.stats import SpeedupResult
+from pytest_sdmem.measuring.speedup import SpeedupResult
 
 
 class Verdict(Protocol):

@@ -25,17 +25,8 @@ from time import perf_counter
 from typing import Any, Literal
 
 from pytest_sdmem.base.units import format_duration
-from pytest_sdmem.measuring.stats import (
-    DEFAULT_PLAN,
-    SequentialPlan,
-    SpeedupResult,
-    StopReason,
-    check_confidence,
-    iqr,
-    median,
-    median_ci,
-    median_ci_ranks,
-)
+from pytest_sdmem.measuring.speedup import DEFAULT_PLAN, SequentialPlan, SpeedupResult, StopReason
+from pytest_sdmem.measuring.stats import check_confidence, iqr, median, median_ci, median_ci_ranks
 
 Sync = Callable[[], None]
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pytest_sdmem.gate.markers import MaxVram, MinSpeedup
     from pytest_sdmem.gate.sections import EstimateSection
     from pytest_sdmem.gate.verdicts import VramVerdict
-    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.speedup import SpeedupResult
 
 MIN_SPEEDUP_NEEDS_TIMINGS = "min_speedup needs real timings: skipped with --sdmem-estimate"
 

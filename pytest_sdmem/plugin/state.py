@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pytest_sdmem.estimate.pipe import EstimatedSdPipe
     from pytest_sdmem.gate.results import TestRecord
     from pytest_sdmem.measuring.memory.snapshot import SnapshotRecorder, SnapshotReport
-    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.speedup import SpeedupResult
 
 
 @dataclass

@@ -17,11 +17,11 @@ from pytest_sdmem.gate.baseline import (
     REFRESH_HINT,
     BaselineError,
     Comparison,
-    RecordKey,
     compare_runs,
     load_baseline,
     load_results,
 )
+from pytest_sdmem.gate.deltas import RecordKey
 from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.gate.sections import MemorySection
 from pytest_sdmem.gate.tolerances import (

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from pytest_sdmem.gate.baseline import compare_runs, environment_differences
+from pytest_sdmem.gate.baseline import compare_runs
+from pytest_sdmem.gate.comparable import environment_differences
 from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.gate.sections import MemorySection
 from pytest_sdmem.gate.settings import SettingsError, Workers, build_settings

@@ -1,4 +1,5 @@
-"""Exact live-storage accounting (memory/cpu.py) and get_backend, with real allocations."""
+"""Exact live-storage accounting (memory/storage.py), its backend (memory/cpu.py) and
+get_backend, with real allocations."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from torch.testing._internal.two_tensor import TwoTensor
 
 from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend, normalize_device
-from pytest_sdmem.measuring.memory.cpu import CpuBackend, StorageCounter
+from pytest_sdmem.measuring.memory.cpu import CpuBackend
+from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 MIB = 2**20
 
@@ -61,6 +63,39 @@ def test_in_place_resize_and_out_argument_update_the_count(counter: StorageCount
     assert counter.current == start + 5 * MIB
     del x, out
     assert counter.current == start
+
+
+class _Events(StorageCounter):
+    """A counter that logs its hooks, as the estimator's simulated device follows storages."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.events: list[tuple[str, int, int]] = []
+
+    def on_count(self, key: int, nbytes: int, tensor: torch.Tensor | None) -> None:
+        self.events.append(("count", key, nbytes))
+
+    def on_resize(self, key: int, nbytes: int, tensor: torch.Tensor | None) -> None:
+        self.events.append(("resize", key, nbytes))
+
+    def on_release(self, key: int, nbytes: int) -> None:
+        self.events.append(("release", key, nbytes))
+
+
+def test_a_subclass_hears_each_storage_counted_resized_and_released() -> None:
+    counter = _Events()
+    counter.activate()
+    try:
+        counter.events.clear()  # what the activation's scan found
+        x = torch.empty(MIB, dtype=torch.uint8)
+        key = x.untyped_storage()._cdata
+        x.resize_(4 * MIB)
+        del x
+    finally:
+        counter.deactivate()
+    assert [e for e in counter.events if e[1] == key] == [
+        ("count", key, MIB), ("resize", key, 4 * MIB), ("release", key, 4 * MIB)
+    ]
 
 
 def test_every_tensor_of_a_tuple_output_counts_and_views_in_it_do_not(

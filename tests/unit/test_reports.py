@@ -188,7 +188,7 @@ def test_a_speedup_without_an_interval_is_reported_and_compared(
     """A min_speedup whose time budget ran out before it had the pairs for an interval
     (``--sdmem-max-time 1`` on a loaded machine): ``ci_low``/``ci_high`` are null in the results
     file, and every report and the comparison take it as the inconclusive result it is."""
-    from pytest_sdmem.measuring.stats import SpeedupResult
+    from pytest_sdmem.measuring.speedup import SpeedupResult
 
     speedup = SpeedupResult.from_pairs([0.1, 0.1], [0.125, 0.125], factor=1.5,
                                        stop_reason="max_time", elapsed=0.5)

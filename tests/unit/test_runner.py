@@ -28,7 +28,7 @@ from pytest_sdmem.building.techniques import (
 )
 from pytest_sdmem.gate.results import RunResults, TestRecord
 from pytest_sdmem.gate.sections import LatencySection
-from pytest_sdmem.measuring.stats import SpeedupResult
+from pytest_sdmem.measuring.speedup import SpeedupResult
 from pytest_sdmem.measuring.timing import ROUND_PARTS, TimingResult
 from pytest_sdmem.report.table import COLUMNS, table_rows
 

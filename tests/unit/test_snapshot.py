@@ -12,14 +12,15 @@ import pytest
 import torch
 
 from pytest_sdmem.measuring.memory import MemoryTracker, TrackerError, get_backend
-from pytest_sdmem.measuring.memory import cpu as cpu_module
 from pytest_sdmem.measuring.memory.frames import MEMORY_VIZ_URL, FrameFilter
+from pytest_sdmem.measuring.memory.recording import StorageRef
 from pytest_sdmem.measuring.memory.snapshot import (
     CudaSnapshotRecorder,
     SnapshotRecorder,
     parse_cuda_snapshot,
     snapshot_file_name,
 )
+from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 MB = 1_000_000
 SOURCE = Path(__file__).read_text().splitlines()
@@ -134,13 +135,13 @@ def test_without_recording_no_frames_are_taken(monkeypatch: pytest.MonkeyPatch) 
         raise AssertionError("frames taken while not recording")
 
     monkeypatch.setattr(FrameFilter, "stack", refuse)
-    counter = cpu_module.StorageCounter("cpu")
+    counter = StorageCounter("cpu")
     counter.activate()
     try:
         keep = [torch.ones(1000) * 2 for _ in range(10)]
         x = torch.empty(1000)
         x.resize_(4000)
-        assert all(type(ref) is cpu_module._StorageRef for ref in counter._refs.values())
+        assert all(type(ref) is StorageRef for ref in counter._refs.values())
         assert not counter.recording
     finally:
         counter.deactivate()
@@ -150,7 +151,7 @@ def test_without_recording_no_frames_are_taken(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_storage_grown_in_place_is_reported_at_its_size_at_the_peak(tmp_path: Path) -> None:
-    counter = cpu_module.StorageCounter("cpu")
+    counter = StorageCounter("cpu")
     counter.start_recording()
     x = torch.empty(MB, dtype=torch.uint8)
     x.resize_(3 * MB)  # RESIZE

@@ -14,10 +14,8 @@ from fractions import Fraction
 import pytest
 
 from benchmarks.verdict_simulation import SYNTHETIC, Scenario, synthetic, t_track_wrong
+from pytest_sdmem.measuring.speedup import DEFAULT_PLAN, SequentialPlan, SpeedupResult
 from pytest_sdmem.measuring.stats import (
-    DEFAULT_PLAN,
-    SequentialPlan,
-    SpeedupResult,
     _wrong_pass_probability,
     format_percent,
     iqr,

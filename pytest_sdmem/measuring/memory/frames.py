@@ -1,7 +1,7 @@
 """What a memory snapshot reports, shared by the recorders (``memory/snapshot.py``) and the
-exact CPU storage counter (``memory/cpu.py``): the frames of an allocation and which of them to
-show, the allocations alive at the peak, and the report rendered from them. It sits below both,
-so that the counter and the recorders depend on it and not on each other.
+exact CPU storage counter (``memory/storage.py``): the frames of an allocation and which of
+them to show, the allocations alive at the peak, and the report rendered from them. It sits
+below both, so that the counter and the recorders depend on it and not on each other.
 
 Nothing here imports torch.
 """

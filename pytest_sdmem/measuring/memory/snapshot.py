@@ -6,7 +6,7 @@ follows the peak: when a new peak is reached, the allocations alive at that mome
 ones to report. The failure's report section then lists the largest of them, each with its
 size and frames.
 
-* CPU and meta: the exact storage counter (``memory/cpu.py``) records frames for the storages
+* CPU and meta: the exact storage counter (``memory/storage.py``) records frames for the storages
   it sees while recording is on, and nothing at all otherwise (normal runs pay nothing).
 * CUDA: the caching allocator's own history (``torch.cuda.memory._record_memory_history``)
   does the recording; on failure the snapshot is written to a ``.pickle`` file that
@@ -40,7 +40,7 @@ from pytest_sdmem.measuring.memory.frames import (
 )
 
 if TYPE_CHECKING:
-    from pytest_sdmem.measuring.memory.cpu import StorageCounter
+    from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 # Each history entry costs a few KB of host memory; 100k keeps a whole pipeline call of a few
 # hundred steps while bounding that to some hundreds of MB (PyTorch's own guides use 100k).

@@ -6,9 +6,10 @@ only through ``threading.setprofile``. So the hook is installed when this packag
 It enters threads only once ``enable`` was called, which the CPU memory backend does when it
 is created (the setup of the first test that measures on the CPU or estimates, or a user's
 ``get_backend("cpu")``): from then on each new thread gets a lifelong counting mode (see
-``cpu.enter_thread``; it does nothing while no counter is active). Until then a thread costs
-one profile event and nothing more, so a pytest run that measures nothing pays no dispatch
-mode in its threads. This module does not import torch: pytest loads the plugin in every run.
+``dispatch.enter_thread``; it does nothing while no counter is active). Until then a thread
+costs one profile event and nothing more, so a pytest run that measures nothing pays no
+dispatch mode in its threads. This module does not import torch: pytest loads the plugin in
+every run.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _on_start(frame: Any, event: str, arg: Any) -> None:
     none), so it costs nothing after this first event."""
     sys.setprofile(_previous)
     if _enabled:
-        from pytest_sdmem.measuring.memory.cpu import (
+        from pytest_sdmem.measuring.memory.dispatch import (
             enter_thread,  # imported already: it enabled us
         )
 
