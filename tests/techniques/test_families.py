@@ -151,18 +151,16 @@ def test_every_technique_of_the_cpu_tier_has_an_effect_check() -> None:
     assert set(REGISTRY) - set(EFFECTS) == {"none", "xformers", "jit_trace"}
 
 
-@pytest.mark.parametrize("force_upcast", [True, False], ids=["force_upcast", "no_upcast"])
-def test_sdxl_fp16_vae_decodes_in_fp32_unless_force_upcast_is_off(
-    request: pytest.FixtureRequest, force_upcast: bool
+def test_sdxl_fp16_vae_decodes_in_fp16_with_force_upcast_off(
+    request: pytest.FixtureRequest
 ) -> None:
     """SDXL's VAE is published with ``force_upcast``: in an fp16 pipeline,
-    StableDiffusionXLPipeline casts it to fp32 for the decode and back to fp16 after (its
-    activations overflow fp16); a VAE whose config turns it off (an fp16-safe VAE) decodes in
-    fp16. The decode's dtype is what its memory is counted in."""
+    StableDiffusionXLPipeline casts it to fp32 for the decode and back after (its activations
+    overflow fp16; tests/unit/test_model_families.py checks that case). A VAE whose config
+    turns it off (an fp16-safe VAE) decodes in fp16, and the decode's memory with it."""
     with family_pipe(request, "tiny-sdxl", "fp16") as sd:
         vae = sd.pipe.vae
-        assert vae.config.force_upcast  # the catalogue's SDXL VAE, as published
-        vae.register_to_config(force_upcast=force_upcast)
+        vae.register_to_config(force_upcast=False)
         decoded: list[torch.dtype] = []
         hook = vae.decoder.register_forward_pre_hook(
             lambda module, args: decoded.append(args[0].dtype))
@@ -170,8 +168,8 @@ def test_sdxl_fp16_vae_decodes_in_fp32_unless_force_upcast_is_off(
             sd()
         finally:
             hook.remove()
-        assert decoded == [torch.float32 if force_upcast else torch.float16]
-        assert vae.dtype == torch.float16  # back in the pipeline's dtype after the decode
+        assert decoded == [torch.float16]
+        assert vae.dtype == torch.float16
 
 
 def test_fp16_layerwise_casting_is_refused_on_sdxls_upcast_vae(
