@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from probes import COMPILE_ON_CPU_IS_TOO_SLOW, gpu_run
+from probes import COMPILE_ON_CPU_IS_TOO_SLOW, gpu_run  # noqa: F401 - gpu_run: the mark's condition
 
 from pytest_sdmem.building.generation import generation_defaults
 from pytest_sdmem.building.pipelines import TINY_MODELS, get_spec
@@ -70,34 +70,26 @@ EFFECTS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def technique_sets(family: str, device: str, compiles: bool) -> tuple[list[str], dict[str, str]]:
-    """The techniques that apply to ``family`` and run on ``device``, packed into as few sets as
-    their conflicts allow (each technique into the first set it combines with), and the others
-    with why they do not run here. A dtype technique (fp16, bf16) is a set of its own, the
-    others run in fp32: each then meets the pipeline as the registry's ``none`` has it (fp16
-    with layerwise casting is refused on SDXL's upcast VAE, tested apart).
+def technique_sets(family: str) -> list[str]:
+    """The techniques that apply to ``family``, in sets: the fp32 configuration techniques that
+    need no CUDA device packed into as few sets as their conflicts allow (each into the first
+    set it combines with), every other technique alone: a dtype (fp16 with layerwise casting is
+    refused on SDXL's upcast VAE, tested apart), an offload, ``compile``, ``xformers``. The sets
+    do not depend on the device, so a test's id is the same with and without ``--gpu``.
 
     One set stands for many techniques: each pipeline costs seconds on the CPU, and every
-    technique in it is still checked for its own effect. ``compiles``: whether ``compile``
-    runs (on a GPU; on the CPU it takes over a minute, see ``COMPILE_ON_CPU_IS_TOO_SLOW``).
+    technique in it is still checked for its own effect.
     """
-    sets: list[list[str]] = []
-    skipped: dict[str, str] = {}
+    packed: list[list[str]] = []
+    alone: list[str] = []
     for t in REGISTRY.values():
         if t.name == "none" or t.families.reason(family) is not None:
             continue
-        missing = unmet_requirements(parse_technique(t.name), device)
-        if t.name == "compile" and not compiles:
-            missing.append(COMPILE_ON_CPU_IS_TOO_SLOW.kwargs["reason"])
-        if missing:
-            skipped[t.name] = "; ".join(missing)
+        if (t.stage is not Stage.CONFIGURE or t.dtype is not None or t.requires_cuda
+                or t.requires_packages):
+            alone.append(t.name)
             continue
-        if t.dtype is not None:
-            sets.append([t.name])
-            continue
-        for names in sets:
-            if REGISTRY[names[0]].dtype is not None:
-                continue
+        for names in packed:
             try:
                 parse_technique("+".join([*names, t.name]))
             except TechniqueError:
@@ -105,23 +97,17 @@ def technique_sets(family: str, device: str, compiles: bool) -> tuple[list[str],
             names.append(t.name)
             break
         else:
-            sets.append([t.name])
-    return [parse_technique("+".join(names)).expr for names in sets], skipped
+            packed.append([t.name])
+    return [parse_technique("+".join(names)).expr for names in packed] + alone
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """The cases of ``test_tiny_family_takes_its_techniques``, for the session's device."""
-    if "technique_set" not in metafunc.fixturenames:
-        return
-    device = metafunc.config.stash[SETTINGS].device
-    cases = []
-    for model in FAMILY_MODELS:
-        sets, skipped = technique_sets(get_spec(model).family, device, gpu_run(metafunc.config))
-        cases += [pytest.param(model, expr, id=f"{model}-{expr}") for expr in sets]
-        cases += [pytest.param(model, name, id=f"{model}-{name}",
-                               marks=pytest.mark.skip(reason=reason))
-                  for name, reason in skipped.items()]
-    metafunc.parametrize(("model", "technique_set"), cases)
+    """The cases of ``test_tiny_family_takes_its_techniques``."""
+    if "technique_set" in metafunc.fixturenames:
+        metafunc.parametrize(("model", "technique_set"), [
+            pytest.param(model, expr, id=f"{model}-{expr}",
+                         marks=[COMPILE_ON_CPU_IS_TOO_SLOW] if "compile" in expr else [])
+            for model in FAMILY_MODELS for expr in technique_sets(get_spec(model).family)])
 
 
 def family_pipe(request: pytest.FixtureRequest, model: str, technique: str) -> SdPipe:
@@ -139,6 +125,10 @@ def test_tiny_family_takes_its_techniques(
     what it says it changes, and the images stay those of the family's ``none`` within the
     set's tolerance (diffusers issues 11981 and 12673: an offload that drew another
     picture)."""
+    settings = request.config.stash[SETTINGS]
+    missing = unmet_requirements(parse_technique(technique_set), settings.device)
+    if missing:
+        pytest.skip("; ".join(missing))
     with family_pipe(request, model, technique_set) as sd:
         for t in sd.technique.techniques:
             if t.key in EFFECTS:  # xformers: its processors are chosen in diffusers' dispatch
