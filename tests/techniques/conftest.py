@@ -49,6 +49,7 @@ def estimator_problem(family: str) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after the plugin's: its skip reasons (a refused technique) first
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     settings = config.stash[SETTINGS]
     for item in items:
