@@ -136,6 +136,16 @@ FIGURES: dict[str, Figure] = {
         "measured: sd15 from the cache in fp16 in 3.24 s (2 CPU cores: from_pretrained casts "
         "the fp32 files), what every fp16 load cost before the cache kept an fp16 variant and "
         "what a bf16 load still costs; plus 2.74 GB moved to the GPU at ~8 GB/s"),
+    "tiny_case_s": Figure(
+        2.0, "assumption",
+        "a case of tests/techniques/test_families.py (a tiny family: two loads from the cache "
+        "and two 1-step generations at 32x32), host work at these sizes: measured 1-7 s on the "
+        "development machine's 2 CPU cores with other jobs running (1-4.6 s alone), taken as "
+        "2 s on a 16-core GPU host"),
+    "compile_tiny_cold_s": Figure(
+        30.0, "assumption",
+        "torch.compile of a tiny family's denoiser (a few blocks) with cold caches on a "
+        "16-core host: a third of compile_cold_s for SD 1.5's UNet"),
     "session_s": Figure(
         15.0, "assumption",
         "per pytest session: doctor check, imports (torch + diffusers: 2.6 s measured on the "
@@ -307,6 +317,41 @@ TESTS: dict[str, list[Gen | Fixed]] = {
     "[fp16+layerwise_casting]": [load("fp16", 3), Gen("fp16", count=2, **UNET_CALL)],
 }
 
+#: test_families.py's technique sets per tiny family (its ``technique_sets``, written out): the
+#: packed fp32 configuration techniques, the others alone.
+_TINY_SETS = {
+    "tiny-sdxl": ("sdpa+channels_last+vae_slicing+vae_tiling+layerwise_casting",
+                  "attention_slicing", "fp16", "bf16"),
+    "tiny-sd3": ("sdpa+vae_slicing+vae_tiling+layerwise_casting", "fp16", "bf16"),
+    "tiny-flux": ("sdpa+vae_slicing+vae_tiling+layerwise_casting", "bf16"),
+}
+_TINY_ALONE = ("xformers", "sequential_offload", "model_offload", "group_offload",
+               "sync_group_offload")
+TESTS.update({
+    # Skipped under --gpu (test_families.CPU_TIER_COVERS_IT): the CPU tier runs them.
+    **{f"test_families.py::test_tiny_family_takes_its_techniques[{model}-{expr}]": []
+       for model, sets in _TINY_SETS.items() for expr in sets},
+    # What only a CUDA device runs: the offloads and xformers on each tiny family.
+    **{f"test_families.py::test_tiny_family_takes_its_techniques[{model}-{expr}]": [
+        Fixed("tiny_case_s")] for model in _TINY_SETS for expr in _TINY_ALONE},
+    # compile on Flux's transformer only (the UNet's is the guide table's row; SD 3's
+    # transformer goes through the same denoiser path).
+    **{f"test_families.py::test_tiny_family_takes_its_techniques[{model}-compile]": (
+        [Fixed("tiny_case_s"), Fixed("compile_tiny_cold_s")] if model == "tiny-flux" else [])
+       for model in _TINY_SETS},
+    "test_families.py::test_every_technique_of_the_cpu_tier_has_an_effect_check": [],
+    "test_families.py::test_fp16_layerwise_casting_is_refused_on_sdxls_upcast_vae": [
+        Fixed("tiny_case_s")],
+    "test_families.py::test_sdxl_fp16_vae_decodes_in_fp16_with_force_upcast_off": [
+        Fixed("tiny_case_s")],
+    # Claims about SD 3 and Flux (sd_family): skipped in this tier's sd15 session; they run in
+    # a session of --sdmem-model sd3 / flux-dev / flux-schnell, not priced here.
+    "test_families.py::test_flux_runs_on_a_4gb_gpu_with_sequential_offload"
+    "[bf16+sequential_offload+vae_slicing+vae_tiling]": [],
+    "test_families.py::test_flux_on_the_gpu_fits_the_documented_50gb[bf16]": [],
+    "test_families.py::test_sd3_in_fp16_fits_a_24gb_gpu[fp16+sdpa]": [],
+})
+
 #: Once per machine and session, outside any test: the sd15 entry built on the GPU
 #: (pipelines/cache.py, ``ensure_cached(device="cuda")``) and the session's own costs.
 SESSION: list[Fixed] = [Fixed(name) for name in (
@@ -319,8 +364,9 @@ SESSION: list[Fixed] = [Fixed(name) for name in (
 #: every test once. tests/unit/test_gpu_time_budget.py checks both.
 PARTS = (
     "guide_table and not compile",
-    "compile or test_unet",
-    "not guide_table and not test_unet",
+    "(compile or test_unet) and not test_families",
+    "not guide_table and not test_unet and not test_families",
+    "test_families",
 )
 PART_LIMIT_S = 240.0
 

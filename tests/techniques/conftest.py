@@ -15,7 +15,7 @@ import functools
 import pytest
 
 from pytest_sdmem.measuring.memory import MemoryTracker
-from pytest_sdmem.plugin.state import SETTINGS
+from pytest_sdmem.plugin.session import session_of
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -49,8 +49,9 @@ def estimator_problem(family: str) -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after the plugin's: its skip reasons (a refused technique) first
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    settings = config.stash[SETTINGS]
+    settings = session_of(config).settings
     for item in items:
         if "sd_pipe" not in getattr(item, "fixturenames", ()):
             if settings.estimate:  # real generations of the tiny families, no budget

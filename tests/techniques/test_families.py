@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from probes import COMPILE_ON_CPU_IS_TOO_SLOW, gpu_run
+from probes import COMPILE_ON_CPU_IS_TOO_SLOW, gpu_run  # noqa: F401 - gpu_run: the mark's condition
 
 from pytest_sdmem.building.generation import generation_defaults
 from pytest_sdmem.building.pipelines import TINY_MODELS, get_spec
@@ -32,7 +32,7 @@ from pytest_sdmem.building.techniques import (
     parse_technique,
     unmet_requirements,
 )
-from pytest_sdmem.plugin.state import SETTINGS
+from pytest_sdmem.plugin.session import session_of
 
 #: The families' tiny models besides the session's default (``tiny`` is SD 1.x's).
 FAMILY_MODELS = tuple(model for family, model in TINY_MODELS.items() if family != "sd1")
@@ -70,34 +70,26 @@ EFFECTS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def technique_sets(family: str, device: str, compiles: bool) -> tuple[list[str], dict[str, str]]:
-    """The techniques that apply to ``family`` and run on ``device``, packed into as few sets as
-    their conflicts allow (each technique into the first set it combines with), and the others
-    with why they do not run here. A dtype technique (fp16, bf16) is a set of its own, the
-    others run in fp32: each then meets the pipeline as the registry's ``none`` has it (fp16
-    with layerwise casting is refused on SDXL's upcast VAE, tested apart).
+def technique_sets(family: str) -> list[str]:
+    """The techniques that apply to ``family``, in sets: the fp32 configuration techniques that
+    need no CUDA device packed into as few sets as their conflicts allow (each into the first
+    set it combines with), every other technique alone: a dtype (fp16 with layerwise casting is
+    refused on SDXL's upcast VAE, tested apart), an offload, ``compile``, ``xformers``. The sets
+    do not depend on the device, so a test's id is the same with and without ``--gpu``.
 
     One set stands for many techniques: each pipeline costs seconds on the CPU, and every
-    technique in it is still checked for its own effect. ``compiles``: whether ``compile``
-    runs (on a GPU; on the CPU it takes over a minute, see ``COMPILE_ON_CPU_IS_TOO_SLOW``).
+    technique in it is still checked for its own effect.
     """
-    sets: list[list[str]] = []
-    skipped: dict[str, str] = {}
+    packed: list[list[str]] = []
+    alone: list[str] = []
     for t in REGISTRY.values():
         if t.name == "none" or t.families.reason(family) is not None:
             continue
-        missing = unmet_requirements(parse_technique(t.name), device)
-        if t.name == "compile" and not compiles:
-            missing.append(COMPILE_ON_CPU_IS_TOO_SLOW.kwargs["reason"])
-        if missing:
-            skipped[t.name] = "; ".join(missing)
+        if (t.stage is not Stage.CONFIGURE or t.dtype is not None or t.requires_cuda
+                or t.requires_packages):
+            alone.append(t.name)
             continue
-        if t.dtype is not None:
-            sets.append([t.name])
-            continue
-        for names in sets:
-            if REGISTRY[names[0]].dtype is not None:
-                continue
+        for names in packed:
             try:
                 parse_technique("+".join([*names, t.name]))
             except TechniqueError:
@@ -105,29 +97,42 @@ def technique_sets(family: str, device: str, compiles: bool) -> tuple[list[str],
             names.append(t.name)
             break
         else:
-            sets.append([t.name])
-    return [parse_technique("+".join(names)).expr for names in sets], skipped
+            packed.append([t.name])
+    return [parse_technique("+".join(names)).expr for names in packed] + alone
+
+
+#: In the GPU tier, a tiny family's set runs only where the CPU tier cannot run it: a
+#: technique that needs CUDA, and ``compile`` on Flux's transformer (the UNet's compile is the
+#: guide table's row on SD 1.5; SD 3's transformer is compiled by the same ``denoiser`` path).
+#: Everything else is the same code on either device, and the GPU tier's minutes go to the
+#: full-size models.
+CPU_TIER_COVERS_IT = pytest.mark.skipif(
+    "gpu_run(config)",
+    reason="checked by the CPU tier (the same code path on either device); the GPU tier runs "
+           "a tiny family's set only where the CPU cannot")
+
+
+def _marks(model: str, expr: str) -> list[pytest.MarkDecorator]:
+    if "compile" in expr:
+        return [COMPILE_ON_CPU_IS_TOO_SLOW] if model == "tiny-flux" else [CPU_TIER_COVERS_IT,
+                                                                          COMPILE_ON_CPU_IS_TOO_SLOW]
+    if any(t.requires_cuda for t in parse_technique(expr).techniques):
+        return []
+    return [CPU_TIER_COVERS_IT]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """The cases of ``test_tiny_family_takes_its_techniques``, for the session's device."""
-    if "technique_set" not in metafunc.fixturenames:
-        return
-    device = metafunc.config.stash[SETTINGS].device
-    cases = []
-    for model in FAMILY_MODELS:
-        sets, skipped = technique_sets(get_spec(model).family, device, gpu_run(metafunc.config))
-        cases += [pytest.param(model, expr, id=f"{model}-{expr}") for expr in sets]
-        cases += [pytest.param(model, name, id=f"{model}-{name}",
-                               marks=pytest.mark.skip(reason=reason))
-                  for name, reason in skipped.items()]
-    metafunc.parametrize(("model", "technique_set"), cases)
+    """The cases of ``test_tiny_family_takes_its_techniques``."""
+    if "technique_set" in metafunc.fixturenames:
+        metafunc.parametrize(("model", "technique_set"), [
+            pytest.param(model, expr, id=f"{model}-{expr}", marks=_marks(model, expr))
+            for model in FAMILY_MODELS for expr in technique_sets(get_spec(model).family)])
 
 
 def family_pipe(request: pytest.FixtureRequest, model: str, technique: str) -> SdPipe:
     """``model`` with ``technique`` on the session's device, set up for one small
     generation."""
-    settings = request.config.stash[SETTINGS]
+    settings = session_of(request.config).settings
     defaults = generation_defaults(model, steps=STEPS, size=SIZE)
     return make_sd_pipe(model, technique, settings.device, settings.cache_dir, defaults)
 
@@ -139,6 +144,10 @@ def test_tiny_family_takes_its_techniques(
     what it says it changes, and the images stay those of the family's ``none`` within the
     set's tolerance (diffusers issues 11981 and 12673: an offload that drew another
     picture)."""
+    settings = session_of(request.config).settings
+    missing = unmet_requirements(parse_technique(technique_set), settings.device)
+    if missing:
+        pytest.skip("; ".join(missing))
     with family_pipe(request, model, technique_set) as sd:
         for t in sd.technique.techniques:
             if t.key in EFFECTS:  # xformers: its processors are chosen in diffusers' dispatch
@@ -151,18 +160,16 @@ def test_every_technique_of_the_cpu_tier_has_an_effect_check() -> None:
     assert set(REGISTRY) - set(EFFECTS) == {"none", "xformers", "jit_trace"}
 
 
-@pytest.mark.parametrize("force_upcast", [True, False], ids=["force_upcast", "no_upcast"])
-def test_sdxl_fp16_vae_decodes_in_fp32_unless_force_upcast_is_off(
-    request: pytest.FixtureRequest, force_upcast: bool
+def test_sdxl_fp16_vae_decodes_in_fp16_with_force_upcast_off(
+    request: pytest.FixtureRequest
 ) -> None:
     """SDXL's VAE is published with ``force_upcast``: in an fp16 pipeline,
-    StableDiffusionXLPipeline casts it to fp32 for the decode and back to fp16 after (its
-    activations overflow fp16); a VAE whose config turns it off (an fp16-safe VAE) decodes in
-    fp16. The decode's dtype is what its memory is counted in."""
+    StableDiffusionXLPipeline casts it to fp32 for the decode and back after (its activations
+    overflow fp16; tests/unit/test_model_families.py checks that case). A VAE whose config
+    turns it off (an fp16-safe VAE) decodes in fp16, and the decode's memory with it."""
     with family_pipe(request, "tiny-sdxl", "fp16") as sd:
         vae = sd.pipe.vae
-        assert vae.config.force_upcast  # the catalogue's SDXL VAE, as published
-        vae.register_to_config(force_upcast=force_upcast)
+        vae.register_to_config(force_upcast=False)
         decoded: list[torch.dtype] = []
         hook = vae.decoder.register_forward_pre_hook(
             lambda module, args: decoded.append(args[0].dtype))
@@ -170,8 +177,8 @@ def test_sdxl_fp16_vae_decodes_in_fp32_unless_force_upcast_is_off(
             sd()
         finally:
             hook.remove()
-        assert decoded == [torch.float32 if force_upcast else torch.float16]
-        assert vae.dtype == torch.float16  # back in the pipeline's dtype after the decode
+        assert decoded == [torch.float16]
+        assert vae.dtype == torch.float16
 
 
 def test_fp16_layerwise_casting_is_refused_on_sdxls_upcast_vae(
