@@ -108,3 +108,43 @@ def readme_families_table() -> str:
 def test_the_readme_families_table_is_the_registrys() -> None:
     table = readme_families_table()
     assert table in README, f"README's families table is stale; it is:\n{table}"
+
+
+def family_examples() -> list[tuple[str, str, dict[str, int], int, float]]:
+    """The README's example per family whose reason is an estimate: model, technique,
+    generation overrides, budget (bytes) and the estimate it states (GB)."""
+    section = README.split("One example per family", 1)[1].split("\n\n", 2)[1]
+    rows = []
+    for line in section.splitlines():
+        m = re.match(r"\| `([\w-]+)` \| `([\w+()]+)`, ([^|]*) \| `\"([^\"]+)\"` \| "
+                     r"estimated ([\d.]+) GB", line)
+        if m is None:
+            continue
+        model, technique, generation, budget, stated = m.groups()
+        overrides: dict[str, int] = {}
+        if batch := re.search(r"batch (\d+)", generation):
+            overrides["batch_size"] = int(batch.group(1))
+        if (size := re.search(r"(\d+)x(\d+)", generation)) and "defaults" not in generation:
+            overrides["height"], overrides["width"] = int(size.group(1)), int(size.group(2))
+        if steps := re.search(r"(\d+) steps", generation):
+            overrides["num_inference_steps"] = int(steps.group(1))
+        rows.append((model, technique, overrides, parse_size(budget), float(stated)))
+    return rows
+
+
+def test_the_family_examples_hold_on_their_estimates() -> None:
+    """Each family's example is true on the full-size model's estimate: the figure the README
+    states is the estimator's, under the example's budget. A full-size estimate runs on meta
+    tensors in seconds."""
+    from pytest_sdmem.building.generation import generation_defaults
+    from pytest_sdmem.estimate import estimate_generation
+
+    examples = family_examples()
+    assert {model for model, *_ in examples} >= {"sd21", "sdxl", "sd3", "flux-schnell"}
+    for model, technique, overrides, budget, stated in examples:
+        if model == "sd15":
+            continue  # the headline case: test_the_headline_example_is_the_case_checked_...
+        args = generation_defaults(model).with_overrides(**overrides)
+        estimate = estimate_generation(model, technique, args, safety_checker=False)
+        assert round(estimate.estimated_allocated / 1e9, 2) == stated, (model, technique)
+        assert estimate.estimated_allocated < budget, (model, technique)
