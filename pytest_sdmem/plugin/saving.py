@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_sdmem.gate.results import RunResults
+if TYPE_CHECKING:  # the results module costs the plugin's import time (its sections)
+    from pytest_sdmem.gate.results import RunResults
 
 
 @dataclass(frozen=True)
