@@ -62,8 +62,11 @@ class TestState:
             from pytest_sdmem.gate.results import write_json_atomic
             from pytest_sdmem.measuring.memory.snapshot import snapshot_file_name
 
-            report.path = write_json_atomic(directory / snapshot_file_name(nodeid, ".json"),
-                                            report.to_dict())
+            path = directory / snapshot_file_name(nodeid, ".json")
+            try:
+                report.path = write_json_atomic(path, report.to_dict())
+            except OSError as exc:  # the directory removed or the disk full since configure
+                report.notes.append(f"could not write the snapshot to {path}: {exc}")
         return report
 
 

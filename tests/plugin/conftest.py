@@ -11,6 +11,11 @@ import diffusers  # noqa: F401
 import pytest
 import torch._dynamo  # noqa: F401
 
+import pytest_sdmem.building.pipelines
+import pytest_sdmem.building.runner
+import pytest_sdmem.measuring.memory.cpu
+import pytest_sdmem.measuring.memory.snapshot  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -67,3 +67,33 @@ def test_the_snapshot_stops_before_the_speedup_rounds(
     record = json.loads((pytester.path / "r.json").read_text())["results"][0]
     assert record["speedup"]["verdict"] == "pass"
     assert record["snapshot"]["peak_bytes"] == record["memory"]["peak_allocated_bytes"]
+
+
+def test_a_snapshot_that_cannot_be_written_is_said_and_the_session_goes_on(
+    pytester: pytest.Pytester,
+) -> None:
+    """The snapshot directory was checked at configure; a test that removes it (or a disk that
+    fills) before a budget fails leaves no file, and the failure says where it could not be
+    written instead of ending the session with an internal error."""
+    pytester.makepyfile(
+        test_snap="""
+        import os, shutil, pytest, torch
+
+        @pytest.mark.max_vram("32MB")
+        def test_over():
+            if os.path.isdir("snaps"):
+                shutil.rmtree("snaps")
+            open("snaps", "w").close()  # a file where the directory is to be
+            big = torch.ones(64 * 2**20, dtype=torch.uint8)
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest("--sdmem-snapshot-dir=snaps", "-rA", "--sdmem-json=r.json")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*could not write the snapshot to snaps*"])
+    record = next(r for r in json.loads((pytester.path / "r.json").read_text())["results"]
+                  if r["nodeid"] == "test_snap.py::test_over")
+    assert record["snapshot"] is not None and record["snapshot"]["path"] is None
