@@ -249,8 +249,8 @@ class Estimated(Mode):
             from pytest_sdmem.estimate import unsupported_reason
 
             parse_technique, _ = _techniques()
-            reason = unsupported_reason(parse_technique(state.technique or "none"),
-                                        self.settings.model)
+            # The family's refusals were the session's to check (Session.collect).
+            reason = unsupported_reason(parse_technique(state.technique or "none"))
             if reason is not None:
                 return reason
         if state.min_speedup is not None and state.max_vram is None:

@@ -424,3 +424,25 @@ def test_a_corrupted_cache_entry_is_rebuilt_naming_the_file(
     assert_clean(output)
     result.assert_outcomes(passed=1)
     assert "CacheWarning" in output and named in output, output[-3000:]
+
+
+@pytest.mark.parametrize("model", ["a_directory", "no/such/model"])
+def test_an_estimate_of_a_model_that_is_no_synthetic_one_errs_per_test(
+    pytester: pytest.Pytester, model: str
+) -> None:
+    """``--sdmem-estimate`` estimates the synthetic models; a path or hub id given with it is
+    an error of each sd_pipe test naming the model, decided at setup, not an internal error
+    at collection (where the family and the estimator's refusals are looked up)."""
+    (pytester.path / "a_directory").mkdir()
+    pytester.makepyfile(test_inner="""
+        import pytest
+
+        @pytest.mark.max_vram("1GB")
+        @pytest.mark.parametrize("sd_pipe", ["attention_slicing", "fp16"], indirect=True)
+        def test_generate(sd_pipe):
+            sd_pipe()
+        """)
+    result = pytester.runpytest("--sdmem-estimate", f"--sdmem-model={model}")
+    result.assert_outcomes(errors=2)
+    assert "INTERNALERROR" not in result.stdout.str()
+    result.stdout.fnmatch_lines([f"*model '{model}'*"])
