@@ -334,11 +334,9 @@ TESTS.update({
     # What only a CUDA device runs: the offloads and xformers on each tiny family.
     **{f"test_families.py::test_tiny_family_takes_its_techniques[{model}-{expr}]": [
         Fixed("tiny_case_s")] for model in _TINY_SETS for expr in _TINY_ALONE},
-    # compile on Flux's transformer only (the UNet's is the guide table's row; SD 3's
-    # transformer goes through the same denoiser path).
-    **{f"test_families.py::test_tiny_family_takes_its_techniques[{model}-compile]": (
-        [Fixed("tiny_case_s"), Fixed("compile_tiny_cold_s")] if model == "tiny-flux" else [])
-       for model in _TINY_SETS},
+    # compile: generated for Flux's transformer only (test_families.COMPILED_FAMILY_MODEL).
+    "test_families.py::test_tiny_family_takes_its_techniques[tiny-flux-compile]": [
+        Fixed("tiny_case_s"), Fixed("compile_tiny_cold_s")],
     "test_families.py::test_every_technique_of_the_cpu_tier_has_an_effect_check": [],
     "test_families.py::test_fp16_layerwise_casting_is_refused_on_sdxls_upcast_vae": [
         Fixed("tiny_case_s")],

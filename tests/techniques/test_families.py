@@ -101,32 +101,40 @@ def technique_sets(family: str) -> list[str]:
     return [parse_technique("+".join(names)).expr for names in packed] + alone
 
 
-#: In the GPU tier, a tiny family's set runs only where the CPU tier cannot run it: a
-#: technique that needs CUDA, and ``compile`` on Flux's transformer (the UNet's compile is the
-#: guide table's row on SD 1.5; SD 3's transformer is compiled by the same ``denoiser`` path).
-#: Everything else is the same code on either device, and the GPU tier's minutes go to the
-#: full-size models.
+#: In the GPU tier, a tiny family's set runs only where the CPU tier cannot: a technique that
+#: needs CUDA, and ``compile``. Everything else is the same code on either device, and the GPU
+#: tier's minutes go to the full-size models.
 CPU_TIER_COVERS_IT = pytest.mark.skipif(
     "gpu_run(config)",
     reason="checked by the CPU tier (the same code path on either device); the GPU tier runs "
            "a tiny family's set only where the CPU cannot")
 
+#: The one tiny family whose ``compile`` set is generated: Flux's transformer. A UNet's
+#: compile is the guide table's row on SD 1.5, SD 3's transformer goes through the same
+#: ``denoiser`` path as Flux's, and every family's warm-up at apply is a unit test
+#: (tests/unit/test_techniques.py, eager backend).
+COMPILED_FAMILY_MODEL = "tiny-flux"
 
-def _marks(model: str, expr: str) -> list[pytest.MarkDecorator]:
-    if "compile" in expr:
-        return [COMPILE_ON_CPU_IS_TOO_SLOW] if model == "tiny-flux" else [CPU_TIER_COVERS_IT,
-                                                                          COMPILE_ON_CPU_IS_TOO_SLOW]
-    if any(t.requires_cuda for t in parse_technique(expr).techniques):
-        return []
-    return [CPU_TIER_COVERS_IT]
+
+def _cases(model: str) -> list[Any]:
+    cases = []
+    for expr in technique_sets(get_spec(model).family):
+        if "compile" in expr:
+            if model == COMPILED_FAMILY_MODEL:
+                cases.append(pytest.param(model, expr, id=f"{model}-{expr}",
+                                          marks=[COMPILE_ON_CPU_IS_TOO_SLOW]))
+            continue
+        needs_cuda = any(t.requires_cuda for t in parse_technique(expr).techniques)
+        cases.append(pytest.param(model, expr, id=f"{model}-{expr}",
+                                  marks=[] if needs_cuda else [CPU_TIER_COVERS_IT]))
+    return cases
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The cases of ``test_tiny_family_takes_its_techniques``."""
     if "technique_set" in metafunc.fixturenames:
-        metafunc.parametrize(("model", "technique_set"), [
-            pytest.param(model, expr, id=f"{model}-{expr}", marks=_marks(model, expr))
-            for model in FAMILY_MODELS for expr in technique_sets(get_spec(model).family)])
+        metafunc.parametrize(("model", "technique_set"),
+                             [case for model in FAMILY_MODELS for case in _cases(model)])
 
 
 def family_pipe(request: pytest.FixtureRequest, model: str, technique: str) -> SdPipe:
