@@ -16,6 +16,9 @@
 # Bounds: the gate rows (SD 1.5 at 512x512, classic and SDPA attention, fp32/fp16/bf16, batch 1
 # and 4, with and without the safety checker: issue 14) must be within 3% and never more than
 # 2% below the measured peak; the other rows within 10%.
+# Then benchmarks/cudnn_workspaces.py measures what each convolution of the sd15 VAE decode
+# allocates beyond its output (cuDNN's workspace) next to the estimator's rule:
+# OUTDIR/cudnn_workspaces.md and .jsonl.
 # Exits non-zero when a row failed to run or an estimate is outside its bound.
 #
 # Environment: PYTHON (default python3), SDMEM_CACHE_DIR (synthetic weights, default the
@@ -163,4 +166,9 @@ print("\n".join(lines))
 sys.exit(1 if outside else 0)
 EOF
 echo "table: $outdir/estimate_vs_gpu.md, rows: $jsonl" >&2
+if ! "$python" benchmarks/cudnn_workspaces.py --device cuda --out "$outdir" >&2
+then
+  echo "   failed: benchmarks/cudnn_workspaces.py" >&2
+  failed=1
+fi
 exit $(( failed || status ))
