@@ -82,11 +82,12 @@ class Comparison:
         return [d for d in self.deltas if d.key.nodeid == nodeid]
 
     def summary(self) -> str:
-        unchanged = len(self.deltas) - len(self.regressions) - len(self.improvements)
+        statuses = [d.status for d in self.deltas]
         counts = (
             (len(self.regressions), "regressed"),
             (len(self.improvements), "improved"),
-            (unchanged, "unchanged"),
+            (statuses.count("unchanged"), "unchanged"),
+            (statuses.count("not judged"), "not judged"),
         )
         tests = (
             (len(self.new), "new"),

@@ -15,9 +15,10 @@ from pytest_sdmem.base.tables import Row
 from pytest_sdmem.gate.results import TestRecord
 from pytest_sdmem.gate.tolerances import FORMATTERS, Tolerance, Tolerances, format_change
 from pytest_sdmem.measuring.metrics import ALLOCATED, RESERVED, Metric
-from pytest_sdmem.measuring.timing import BREAKDOWN_FIGURES
+from pytest_sdmem.measuring.timing import ROUND_PARTS, SINGLE_READINGS
 
-Status = Literal["regression", "improvement", "unchanged"]
+#: "not judged": the figure's metric is off (``startup`` by default); its change is shown only.
+Status = Literal["regression", "improvement", "unchanged", "not judged"]
 
 #: The columns of a delta's table row (``MetricDelta.row``).
 DELTA_COLUMNS = (
@@ -75,8 +76,10 @@ class _Figure:
 FIGURES = (
     *(_Figure(metric.attribute, "vram", True, _memory(metric)) for metric in (ALLOCATED, RESERVED)),
     _Figure("latency", "latency", True, _latency("median")),
-    # The breakdown of sd_pipe.latency(): each part, like the whole, is worse when slower.
-    *(_Figure(name, "latency", True, _latency(name)) for name in BREAKDOWN_FIGURES),
+    # The breakdown of sd_pipe.latency(): each part, like the whole, is worse when slower; the
+    # single readings (load, first call) under their own metric.
+    *(_Figure(name, "startup", True, _latency(name)) for name in SINGLE_READINGS),
+    *(_Figure(name, "latency", True, _latency(name)) for name in ROUND_PARTS),
     # A lower speed-up is the regression: the technique buys less than it did.
     _Figure("speedup", "speedup", False, lambda r: _number(r.speedup.ratio) if r.speedup else None),
 )
@@ -121,6 +124,8 @@ class MetricDelta:
             "regression": f"exceeds tolerance {self.tolerance}",
             "improvement": f"improved beyond tolerance {self.tolerance}: refresh the baseline",
             "unchanged": f"within tolerance {self.tolerance}",
+            "not judged": f"not judged: {self.metric} is off (one reading; "
+                          f"--sdmem-tolerance {self.metric}=... judges it)",
         }[self.status]
         return f"{self.figure} {head} vs baseline {base} ({change}, {pct}) {verdict}"
 
@@ -143,6 +148,8 @@ class MetricDelta:
 
 
 def _status(figure: _Figure, base: float, head: float, tolerance: Tolerance) -> Status:
+    if not tolerance.judged:
+        return "not judged"
     change = head - base
     if abs(change) <= tolerance.limit(base):
         return "unchanged"

@@ -132,10 +132,12 @@ class PartTimes(_MedianOfRounds):
 
 #: The parts of a generation that ``LatencyBreakdown`` times in every round, in report order.
 ROUND_PARTS = ("per_step", "text_encoding", "vae_decode")
+#: The breakdown's figures read once per pipeline, not per round.
+SINGLE_READINGS = ("load", "first_call")
 #: Every figure of a breakdown, as named in a record's ``latency`` section (seconds), beside
 #: the steady rounds' ``median``. A file written before the breakdown has none of them, and a
 #: latency taken from min_speedup's rounds neither: readers treat them as optional.
-BREAKDOWN_FIGURES = ("load", "first_call", *ROUND_PARTS)
+BREAKDOWN_FIGURES = (*SINGLE_READINGS, *ROUND_PARTS)
 
 
 @dataclass(frozen=True)

@@ -346,7 +346,7 @@ def test_help_shows_the_plugin_section(pytester: pytest.Pytester, flag: str) -> 
     assert_clean(output)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["pytest-sdmem: memory and speed budgets:", "*--sdmem-tolerance*",
-                                 "*'vram=5%,latency=10%,speedup=5%'*"])
+                                 "*'vram=5%,latency=10%,startup=off,speedup=5%'*"])
 
 
 def test_a_slice_larger_than_the_models_heads_fails_its_test_in_setup(

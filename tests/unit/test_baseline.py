@@ -128,11 +128,44 @@ def test_a_slower_step_is_a_regression_of_its_own(tmp_path: Path) -> None:
         "per_step 130.0 ms vs baseline 100.0 ms (+30.0 ms, +30.0%) exceeds tolerance 10%")
     assert {d.figure: d.status for d in comparison.deltas} == {
         "peak_allocated": "unchanged", "peak_reserved": "unchanged", "latency": "unchanged",
-        "load": "unchanged", "first_call": "unchanged", "per_step": "regression",
+        "load": "not judged", "first_call": "not judged", "per_step": "regression",
         "text_encoding": "unchanged", "vae_decode": "unchanged"}
     assert [d.figure for d in compare_files(tmp_path, [head], [base]).improvements] == [
         "per_step"]
     assert compare_files(tmp_path, [base], [head], "latency=50%").passed
+
+
+def test_load_and_first_call_are_shown_not_judged_unless_asked(tmp_path: Path) -> None:
+    """Load and first call are one reading each, moved between runs by the page cache and
+    compile caches: by default a 4x slower load is shown, with its change, and fails nothing;
+    ``startup=...`` judges them like any figure, and ``latency=off`` turns the medians off."""
+    base = record(latency={"median": 4.0, "per_step": 0.1, "load": 2.0, "first_call": 9.0})
+    head = record(latency={"median": 4.0, "per_step": 0.1, "load": 8.0, "first_call": 4.5})
+    comparison = compare_files(tmp_path, [base], [head])
+    assert comparison.passed
+    by_figure = {d.figure: d for d in comparison.deltas}
+    assert by_figure["load"].status == by_figure["first_call"].status == "not judged"
+    assert by_figure["load"].message == (
+        "load 8.00 s vs baseline 2.00 s (+6.00 s, +300.0%) not judged: startup is off (one "
+        "reading; --sdmem-tolerance startup=... judges it)")
+    assert "2 not judged" in comparison.summary()
+    judged = compare_files(tmp_path, [base], [head], "startup=40%")
+    assert [d.figure for d in judged.regressions] == ["load"]
+    assert [d.figure for d in judged.improvements] == ["first_call"]
+    assert compare_files(tmp_path, [base], [head], "startup=6.5s").passed
+    slower = record(latency={"median": 8.0, "per_step": 0.2})
+    off = compare_files(tmp_path, [base], [slower], "latency=off")
+    assert off.passed
+    assert {d.figure: d.status for d in off.deltas}["latency"] == "not judged"
+
+
+def test_off_is_a_word_not_a_typo_away() -> None:
+    assert parse_tolerances("vram=OFF").vram == Tolerance("vram", judged=False)
+    assert str(parse_tolerances("speedup=off")) == "vram=5%,latency=10%,startup=off,speedup=off"
+    for spec in ("startup=of", "startup=offf", "startup=0ff", "startup=off%", "startup=5GB",
+                 "starup=off"):
+        with pytest.raises(ToleranceError):
+            parse_tolerances(spec)
 
 
 def test_a_baseline_without_the_breakdown_compares_the_median(tmp_path: Path) -> None:
@@ -257,7 +290,8 @@ def test_missing_baseline_names_the_file(tmp_path: Path) -> None:
 
 
 def test_default_tolerances_are_documented() -> None:
-    assert str(DEFAULT_TOLERANCES) == DEFAULT_TOLERANCE_SPEC == "vram=5%,latency=10%,speedup=5%"
+    spec = "vram=5%,latency=10%,startup=off,speedup=5%"
+    assert str(DEFAULT_TOLERANCES) == DEFAULT_TOLERANCE_SPEC == spec
     assert parse_tolerances(None) == DEFAULT_TOLERANCES
 
 
@@ -269,7 +303,7 @@ def test_tolerance_spec_overrides_only_what_it_names() -> None:
     assert parse_tolerances("latency=250ms").latency == Tolerance("latency", absolute=0.25)
     assert parse_tolerances("latency=2.5%").latency == Tolerance("latency", relative=0.025)
     assert str(parse_tolerances("vram=1GiB,latency=800us")) == (
-        "vram=1.07 GB,latency=800.0 µs,speedup=5%"
+        "vram=1.07 GB,latency=800.0 µs,startup=off,speedup=5%"
     )
 
 
