@@ -156,7 +156,8 @@ def _parse_one(metric: str, value: str, item: str) -> Tolerance:
         number = float(percent.group(1)) if percent is not None else parse(value)
     except ValueError:
         raise ToleranceError(
-            f"invalid tolerance {item!r}: {metric} takes a percentage such as '5%' or {example}"
+            f"invalid tolerance {item!r}: {metric} takes a percentage such as '5%', {example}, "
+            f"or '{OFF}'"
         ) from None
     try:
         check_number(number, "value")

@@ -313,9 +313,10 @@ def test_tolerance_spec_overrides_only_what_it_names() -> None:
         ("", "empty tolerance spec"),
         ("vrma=5%", "expected comma-separated METRIC=VALUE with METRIC one of vram, latency"),
         ("vram", "expected comma-separated METRIC=VALUE"),
-        ("vram=5", "vram takes a percentage such as '5%' or a size such as '200MB'"),
-        ("latency=3GB", "latency takes a percentage such as '5%' or a duration"),
-        ("speedup=1.5", "speedup takes a percentage such as '5%' or a ratio such as '0.1x'"),
+        ("vram=5", "vram takes a percentage such as '5%', a size such as '200MB', or 'off'"),
+        ("latency=3GB", "latency takes a percentage such as '5%', a duration"),
+        ("speedup=1.5", "speedup takes a percentage such as '5%', a ratio such as '0.1x', or "
+         "'off'"),
         ("vram=-5%", "vram takes a percentage"),
         ("vram=5%,vram=6%", "given twice"),
         ("vram=\uff15%", "vram takes a percentage"),  # a full-width 5 is not a digit here
