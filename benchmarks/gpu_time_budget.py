@@ -426,7 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", dest="expr", help="pytest -k expression selecting tests")
     parser.add_argument("--figures", action="store_true", help="list the figures and sources")
+    parser.add_argument("--parts", action="store_true",
+                        help="one line per part: its seconds on A100 figures, a tab, its -k "
+                             "expression (scripts/gpu_first_contact.sh reads them)")
     args = parser.parse_args(argv)
+    if args.parts:
+        for expr in PARTS:
+            print(f"{report(selected(expr))[1]:.0f}\t{expr}")
+        return 0
     if args.figures:
         for name, f in FIGURES.items():
             print(f"{name} = {f.value:.4g} ({f.kind}): {f.source}")

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the GPU scripts (gpu_acceptance.sh, estimate_vs_gpu.sh), from the project root:
 # an offline machine's environment for this checkout. Sets $python (PYTHON, default python3),
 # forbids hub access, and puts the checkout and the wheels carried in .whl/ (diffusers,
@@ -15,12 +16,16 @@ pythonpath=$PWD
 shopt -s nullglob
 wheels=(.whl/*.whl)
 shopt -u nullglob
-if [ "${#wheels[@]}" -gt 0 ]; then
+if [ -n "${SDMEM_WHEELS_SITE:-}" ] && [ -d "$SDMEM_WHEELS_SITE" ]; then
+  # A calling script installed them already (gpu_first_contact.sh runs several of these).
+  pythonpath=$pythonpath:$SDMEM_WHEELS_SITE
+elif [ "${#wheels[@]}" -gt 0 ]; then
   site=$(mktemp -d)
   trap 'rm -rf "$site"' EXIT
   echo "installing ${#wheels[@]} wheel(s) from .whl/ into $site" >&2
   "$python" -m pip install -q --no-index --no-deps --target "$site" "${wheels[@]}"
   pythonpath=$pythonpath:$site
+  export SDMEM_WHEELS_SITE=$site
 fi
 export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
 
