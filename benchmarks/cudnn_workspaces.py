@@ -39,6 +39,9 @@ from pytest_sdmem.estimate.convolution import cudnn_memory_format, cudnn_workspa
 from pytest_sdmem.estimate.gpus import Gpu, gpu_for
 from pytest_sdmem.measuring.memory import MemoryBackend, get_backend
 
+sys.path.insert(0, str(Path(__file__).parent))
+from estimate_vs_gpu import positive  # a sibling script, not a package
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -156,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="sd15")
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--size", type=positive, default=512)
+    parser.add_argument("--batches", type=positive, nargs="+", default=[1, 4])
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
     parser.add_argument("--min-mb", type=float, default=50.0,
                         help="table only convolutions whose input is at least this (MB)")

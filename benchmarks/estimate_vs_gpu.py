@@ -186,16 +186,28 @@ def table_lines(records: list[dict[str, Any]], header: str) -> list[str]:
     return [*lines, "", f"{outside} of {len(records)} rows outside their bound."]
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--model", default="sd15")
-    parser.add_argument("--steps", type=int, default=int(os.environ.get("SDMEM_STEPS", 2)))
+    parser.add_argument("--steps", type=positive, default=os.environ.get("SDMEM_STEPS", "2"))
     parser.add_argument("--rows", choices=("gate", "all"), default="all")
     parser.add_argument("--only", default=None,
                         help="comma-separated technique sets: only these rows")
-    parser.add_argument("--size", type=int, default=None, help="every image at this side (px)")
-    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+    parser.add_argument("--size", type=positive, default=None,
+                        help="every image at this side (px)")
+    parser.add_argument("--jobs", type=positive, default=max(1, (os.cpu_count() or 2) // 2),
                         help="estimates made at once, in worker processes (1: in this one)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get(
         "SDMEM_CACHE_DIR", ".pytest_cache/sdmem/models")), help="the model cache")
@@ -208,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     gpu = torch.cuda.get_device_name(args.device) if cuda else None
     table = rows(args.rows, args.only.split(",") if args.only else None, args.size)
+    if not table:
+        print(f"estimate_vs_gpu: --only {args.only!r} selects no row of --rows {args.rows}",
+              file=sys.stderr)
+        return 2
     print(f"estimating {len(table)} rows, {args.jobs} at a time", file=sys.stderr, flush=True)
     estimates = estimate_all(table, args.model, args.steps, gpu, args.jobs)
     environment = {"model": args.model, "steps": args.steps, "device": args.device,

@@ -76,3 +76,10 @@ def test_the_tiny_decode_is_read_and_written(tmp_path: Path) -> None:
 def test_no_cuda_is_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     assert cudnn_workspaces.main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--batches", "0"], ["--size", "x"], ["--dtypes", "fp8"]])
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cudnn_workspaces.main(["--device", "cpu", *argv])
+    assert exit_info.value.code == 2

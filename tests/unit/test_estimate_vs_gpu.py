@@ -85,3 +85,14 @@ def test_a_row_that_fails_is_named_and_fails_the_run(tmp_path: Path) -> None:
 def test_no_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert estimate_vs_gpu.main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--only", "nonsense"], ["--steps", "0"], ["--size", "-64"],
+                                  ["--jobs", "two"], ["--rows", "some"]])
+def test_bad_arguments_are_usage_errors(argv: list[str], tmp_path: Path) -> None:
+    """Nothing selected, or a number that is not one, stops before any work with status 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        status = estimate_vs_gpu.main(["--device", "cpu", "--out", str(tmp_path), *argv])
+        raise SystemExit(status)
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "estimate_vs_gpu.jsonl").exists()
