@@ -229,29 +229,40 @@ def main(argv: list[str] | None = None) -> int:
     environment = {"model": args.model, "steps": args.steps, "device": args.device,
                    "gpu": gpu, "torch": torch.__version__,
                    "cudnn": torch.backends.cudnn.version() if cuda else None}
-    records, failed = [], 0
-    for row, estimate in zip(table, estimates, strict=True):
-        print(f"== {row.technique}, {row.size}x{row.size}, batch {row.batch}, safety checker "
-              f"{int(row.safety_checker)}", file=sys.stderr, flush=True)
-        try:
-            measured = measure_row(row, args.model, args.steps, args.device, args.cache)
-        except Exception as exc:  # noqa: BLE001 - one row's failure is that row's note
-            measured = {"notes": [f"measurement failed: {type(exc).__name__}: {exc}"],
-                        "failed": True}
-        failed += bool(estimate.get("failed") or measured.get("failed"))
-        records.append({**asdict(row), **environment, **estimate, **measured,
-                        "notes": estimate["notes"] + measured["notes"]})
+    records: list[dict[str, Any]] = []
+    failed, interrupted = 0, False
     args.out.mkdir(parents=True, exist_ok=True)
+    # Each row is written as it is measured: a run stopped part-way (a deadline, Ctrl-C) keeps
+    # the rows it measured.
     with open(args.out / "estimate_vs_gpu.jsonl", "w") as jsonl:
-        jsonl.writelines(json.dumps(r) + "\n" for r in records)
+        try:
+            for row, estimate in zip(table, estimates, strict=True):
+                print(f"== {row.technique}, {row.size}x{row.size}, batch {row.batch}, safety "
+                      f"checker {int(row.safety_checker)}", file=sys.stderr, flush=True)
+                try:
+                    measured = measure_row(row, args.model, args.steps, args.device, args.cache)
+                except Exception as exc:  # noqa: BLE001 - one row's failure is that row's note
+                    measured = {"notes": [f"measurement failed: {type(exc).__name__}: {exc}"],
+                                "failed": True}
+                failed += bool(estimate.get("failed") or measured.get("failed"))
+                records.append({**asdict(row), **environment, **estimate, **measured,
+                                "notes": estimate["notes"] + measured["notes"]})
+                jsonl.write(json.dumps(records[-1]) + "\n")
+                jsonl.flush()
+        except KeyboardInterrupt:
+            interrupted = True
     cudnn = f", cuDNN {environment['cudnn']}" if cuda else ""
     header = (f"# CPU estimate vs. {args.device}: peak allocated, {args.model}, {args.steps} "
               f"steps ({gpu or 'CPU'}, torch {torch.__version__}{cudnn})")
-    text = "\n".join(table_lines(records, header)) + "\n"
+    lines = table_lines(records, header)
+    if interrupted:
+        lines.append(f"Interrupted after {len(records)} of {len(table)} rows.")
+    text = "\n".join(lines) + "\n"
     (args.out / "estimate_vs_gpu.md").write_text(text)
     print(text)
+    if interrupted:
+        return 130
     return 1 if failed or any(not within(r) for r in records) else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

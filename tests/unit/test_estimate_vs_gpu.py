@@ -6,7 +6,11 @@ A GPU session's device minutes are too few to find its bugs there."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,27 @@ def test_bad_arguments_are_usage_errors(argv: list[str], tmp_path: Path) -> None
         raise SystemExit(status)
     assert exit_info.value.code == 2
     assert not (tmp_path / "estimate_vs_gpu.jsonl").exists()
+
+
+def test_ctrl_c_keeps_the_rows_measured(tmp_path: Path) -> None:
+    """Interrupted after its first row, the run keeps that row in the JSON lines, writes the
+    table of what it has, says so, and exits 130."""
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks/estimate_vs_gpu.py"), "--device", "cpu",
+         "--model", "tiny", "--size", "64", "--rows", "gate", "--only", "none,fp16",
+         "--jobs", "1", "--cache", str(tmp_path / "cache"), "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jsonl = out / "estimate_vs_gpu.jsonl"
+    deadline = time.monotonic() + 120
+    while not (jsonl.exists() and jsonl.read_text().count("\n") >= 1):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    kept = jsonl.read_text().count("\n")
+    assert 1 <= kept < 8
+    assert f"Interrupted after {kept} of 8 rows." in (out / "estimate_vs_gpu.md").read_text()
+    assert "Traceback" not in stderr
