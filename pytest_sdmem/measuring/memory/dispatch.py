@@ -9,6 +9,7 @@ are listening (``listen``) and does nothing while none is.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Protocol
 
@@ -38,8 +39,9 @@ class CountingMode(TorchDispatchMode):
     """
 
     # Higher-order operators (flex_attention, cond, ...) otherwise raise NotImplementedError
-    # under any user mode. They pass through __torch_dispatch__ like ops: their outputs are
-    # counted, what they allocate and free inside is not.
+    # under any user mode. They pass through __torch_dispatch__ like ops (on torch before 2.6
+    # through the rules ``__enter__`` registers): their outputs are counted, what they allocate
+    # and free inside is not.
     supports_higher_order_operators = True
 
     def __init__(self, counter: Counter | None):
@@ -47,6 +49,11 @@ class CountingMode(TorchDispatchMode):
         counters (``_ACTIVE``), and doing nothing while there is none."""
         super().__init__()
         self._counter = counter
+
+    def __enter__(self) -> CountingMode:
+        if not _HOP_FLAG_HONOURED:
+            _register_hop_rules()
+        return super().__enter__()
 
     def _see(self) -> Any:
         """The function to show each tensor to, or None when no counter is listening."""
@@ -89,6 +96,28 @@ class CountingMode(TorchDispatchMode):
         else:
             _visit(out, see)
         return out
+
+
+#: torch before 2.6 does not read ``supports_higher_order_operators``: a higher-order operator
+#: under a user mode raises NotImplementedError unless the mode's type has a rule registered on
+#: that operator (``HigherOrderOperator.python_key_table``).
+_HOP_FLAG_HONOURED = hasattr(TorchDispatchMode, "supports_higher_order_operators")
+
+
+def _register_hop_rules() -> None:
+    """Give every higher-order operator created so far the rule newer torch applies to a mode
+    with the flag: the mode popped (torch pops it before calling a rule), the operator passed to
+    its ``__torch_dispatch__``. Run at each mode's entry, so operators created by a later
+    import get theirs when the next mode is entered."""
+    from torch._ops import _higher_order_ops
+
+    for hop in tuple(_higher_order_ops.values()):
+        if CountingMode not in hop.python_key_table:
+            hop.py_impl(CountingMode)(functools.partial(_hop_rule, hop))
+
+
+def _hop_rule(hop: Any, mode: CountingMode, *args: Any, **kwargs: Any) -> Any:
+    return mode.__torch_dispatch__(hop, (), args, kwargs)
 
 
 def _visit(obj: Any, see: Any) -> None:
