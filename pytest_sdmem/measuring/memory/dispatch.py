@@ -39,9 +39,9 @@ class CountingMode(TorchDispatchMode):
     """
 
     # Higher-order operators (flex_attention, cond, ...) otherwise raise NotImplementedError
-    # under any user mode. They pass through __torch_dispatch__ like ops (on torch before 2.6
-    # through the rules ``__enter__`` registers): their outputs are counted, what they allocate
-    # and free inside is not.
+    # under any user mode. They pass through __torch_dispatch__ like ops (on older torch, 2.5
+    # among them, through the rules ``__enter__`` registers): their outputs are counted, what
+    # they allocate and free inside is not.
     supports_higher_order_operators = True
 
     def __init__(self, counter: Counter | None):
@@ -98,7 +98,7 @@ class CountingMode(TorchDispatchMode):
         return out
 
 
-#: torch before 2.6 does not read ``supports_higher_order_operators``: a higher-order operator
+#: Older torch (2.5 among them) does not read ``supports_higher_order_operators``: an operator
 #: under a user mode raises NotImplementedError unless the mode's type has a rule registered on
 #: that operator (``HigherOrderOperator.python_key_table``).
 _HOP_FLAG_HONOURED = hasattr(TorchDispatchMode, "supports_higher_order_operators")
