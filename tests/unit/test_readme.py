@@ -7,6 +7,9 @@ import ast
 import re
 from pathlib import Path
 
+import diffusers
+import transformers
+
 from pytest_sdmem.base.units import parse_size
 from pytest_sdmem.building.pipelines import SYNTHETIC_MODELS, get_spec
 from pytest_sdmem.building.techniques import FAMILIES, PRESETS, REGISTRY
@@ -141,10 +144,16 @@ def test_the_family_examples_hold_on_their_estimates() -> None:
 
     examples = family_examples()
     assert {model for model, *_ in examples} >= {"sd21", "sdxl", "sd3", "flux-schnell"}
+    # The figures are those of the versions the README names; other versions (CI's lowest
+    # job) run other pipeline code, and only the budgets must hold there.
+    versions = re.search(r"with diffusers ([\d.]+) and\s+transformers ([\d.]+)", README)
+    assert versions is not None, "the README no longer names the versions of its estimates"
+    same_versions = versions.groups() == (diffusers.__version__, transformers.__version__)
     for model, technique, overrides, budget, stated in examples:
         if model == "sd15":
             continue  # the headline case: test_the_headline_example_is_the_case_checked_...
         args = generation_defaults(model).with_overrides(**overrides)
         estimate = estimate_generation(model, technique, args, safety_checker=False)
-        assert round(estimate.estimated_allocated / 1e9, 2) == stated, (model, technique)
+        if same_versions:
+            assert round(estimate.estimated_allocated / 1e9, 2) == stated, (model, technique)
         assert estimate.estimated_allocated < budget, (model, technique)
