@@ -12,6 +12,9 @@ up bytes. Two kinds of storage are not on the simulated GPU:
   tensors elsewhere in the process are on no GPU;
 * storages declared host-resident (``keep_on_host``): an offloaded model's weights live on the
   CPU; a placement policy accounts for their temporary GPU copies with ``copy_in``/``release``.
+  A storage is known by its address, which a new storage may take once the old one is freed:
+  each host storage is forgotten when it dies (a weak reference's callback), or a device
+  tensor born at its address later would be taken for a host one and not counted.
 
 Phases name the model that ran last, so that a report can say where the peak was reached;
 each new high of the allocated figure also takes a ``PeakPlace`` (module, function, largest
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from weakref import ref
 
 import torch
 
@@ -47,10 +51,9 @@ class _StorageEvents(StorageCounter):
 
     def see_storage(self, storage: torch.UntypedStorage, tensor: torch.Tensor | None = None,
                     **kwargs: Any) -> bool:
-        key = storage._cdata
         if self._device.born_on_host:
-            self._device.host_keys.add(key)
-        if key in self._device.host_keys:
+            self._device.to_host(storage)
+        if storage._cdata in self._device.host_keys:
             return True
         return super().see_storage(storage, tensor, **kwargs)
 
@@ -76,7 +79,8 @@ class SimulatedDevice:
 
     def __init__(self) -> None:
         self.allocator = CachingAllocatorModel()
-        self.host_keys: set[int] = set()
+        #: The host-resident storages alive, by address (``to_host``).
+        self.host_keys: dict[int, ref[torch.UntypedStorage]] = {}
         #: While set, storages born are host-resident (see ``on_host``).
         self.born_on_host = False
         self.phase = PIPELINE_PHASE
@@ -113,7 +117,23 @@ class SimulatedDevice:
 
     def keep_on_host(self, tensors: Iterable[torch.Tensor]) -> None:
         """Declare tensors to live on the CPU: their storages never count on the device."""
-        self.host_keys.update(t.untyped_storage()._cdata for t in tensors)
+        for tensor in tensors:
+            self.to_host(tensor.untyped_storage())
+
+    def to_host(self, storage: torch.UntypedStorage) -> None:
+        """Mark ``storage`` host-resident for as long as it lives. torch keeps a storage's
+        Python object alive with its ``StorageImpl``, so the callback runs when the memory is
+        released, before the address can be given to another storage."""
+        key = storage._cdata
+        if key in self.host_keys:
+            return
+        keys = self.host_keys
+
+        def forget(dead: ref[torch.UntypedStorage]) -> None:
+            if keys.get(key) is dead:
+                del keys[key]
+
+        keys[key] = ref(storage, forget)
 
     def is_on_host(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor``'s storage lives on the CPU (``keep_on_host``)."""
