@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pytest_sdmem.building.generation import GenerationArgs, use_scheduler
+from pytest_sdmem.building.noise import float32_noise
 from pytest_sdmem.building.pipelines import (
     SYNTHETIC_MODELS,
     ensure_cached,
@@ -272,10 +273,11 @@ class SdPipe:
         num_inference_steps, height, width, batch_size, seed, guidance_scale): float images of
         shape (batch_size, height, width, 3) in [0, 1].
 
-        The generator lives on the device the pipeline computes on, seeded with ``seed``, so a
-        technique and its baseline start from the same noise. The call returns only when the
-        device is done (CUDA is synchronized), so any timer around it, pytest-benchmark's
-        included, measures what a user waits for.
+        The generator lives on the device the pipeline computes on, seeded with ``seed``, and
+        half-precision noise is drawn in float32 and cast (``noise.float32_noise``), so a
+        technique and its baseline start from the same noise whatever their dtypes. The call
+        returns only when the device is done (CUDA is synchronized), so any timer around it,
+        pytest-benchmark's included, measures what a user waits for.
         """
         args = self.defaults.with_overrides(**overrides)
         if self.pipe is None:
@@ -290,7 +292,8 @@ class SdPipe:
         if cold:
             self._sync()
         start = perf_counter()
-        output = self.pipe(**kwargs, generator=generator, output_type="np")
+        with float32_noise():
+            output = self.pipe(**kwargs, generator=generator, output_type="np")
         self._sync()
         if cold:
             self.first_call_time = perf_counter() - start

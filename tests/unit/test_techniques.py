@@ -26,6 +26,7 @@ from diffusers.models.attention_processor import (
 )
 from torch._dynamo.utils import counters
 
+from pytest_sdmem.building.noise import float32_noise
 from pytest_sdmem.building.pipelines import TINY_TILE_THRESHOLD, ensure_cached, load_pipeline
 from pytest_sdmem.building.techniques import (
     FAMILIES,
@@ -72,10 +73,12 @@ def _load(tiny_dir: Path, expr: str, size: int = SIZE, batch_size: int = 1):
 
 
 def _generate(pipe, size: int = SIZE, batch_size: int = 1) -> np.ndarray:
+    """The runner's protocol: one seed, and the same noise in every dtype."""
     generator = torch.Generator("cpu").manual_seed(0)
-    return pipe("a photo of an astronaut riding a horse on mars", num_inference_steps=STEPS,
-                height=size, width=size, num_images_per_prompt=batch_size, generator=generator,
-                output_type="np").images
+    with float32_noise():
+        return pipe("a photo of an astronaut riding a horse on mars", num_inference_steps=STEPS,
+                    height=size, width=size, num_images_per_prompt=batch_size,
+                    generator=generator, output_type="np").images
 
 
 @pytest.fixture(scope="module")
