@@ -53,7 +53,7 @@ class _StorageEvents(StorageCounter):
                     **kwargs: Any) -> bool:
         if self._device.born_on_host:
             self._device.to_host(storage)
-        if storage._cdata in self._device.host_keys:
+        if self._device.holds_on_host(storage):
             return True
         return super().see_storage(storage, tensor, **kwargs)
 
@@ -121,13 +121,12 @@ class SimulatedDevice:
             self.to_host(tensor.untyped_storage())
 
     def to_host(self, storage: torch.UntypedStorage) -> None:
-        """Mark ``storage`` host-resident for as long as it lives. torch keeps a storage's
-        Python object alive with its ``StorageImpl``, so the callback runs when the memory is
-        released, before the address can be given to another storage."""
-        key = storage._cdata
-        if key in self.host_keys:
+        """Mark ``storage`` host-resident for as long as it lives: its entry is dropped when it
+        dies, and until then an entry counts only for the storage it refers to (another storage
+        at the same address is not host-resident for it)."""
+        if self.holds_on_host(storage):
             return
-        keys = self.host_keys
+        key, keys = storage._cdata, self.host_keys
 
         def forget(dead: ref[torch.UntypedStorage]) -> None:
             if keys.get(key) is dead:
@@ -137,7 +136,12 @@ class SimulatedDevice:
 
     def is_on_host(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor``'s storage lives on the CPU (``keep_on_host``)."""
-        return tensor.untyped_storage()._cdata in self.host_keys
+        return self.holds_on_host(tensor.untyped_storage())
+
+    def holds_on_host(self, storage: torch.UntypedStorage) -> bool:
+        """Whether ``storage`` itself (not a dead one at its address) is host-resident."""
+        host = self.host_keys.get(storage._cdata)
+        return host is not None and host() is storage
 
     @contextmanager
     def on_host(self) -> Iterator[None]:
