@@ -26,12 +26,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from weakref import ref
 
 import torch
 
 from pytest_sdmem.estimate.allocator import Block, CachingAllocatorModel
 from pytest_sdmem.estimate.peak import PeakPlace, describe_tensor, largest
+from pytest_sdmem.measuring.memory.recording import StorageRef
 from pytest_sdmem.measuring.memory.storage import StorageCounter
 
 #: The phase before any model has run (and the name for work outside the models).
@@ -80,7 +80,7 @@ class SimulatedDevice:
     def __init__(self) -> None:
         self.allocator = CachingAllocatorModel()
         #: The host-resident storages alive, by address (``to_host``).
-        self.host_keys: dict[int, ref[torch.UntypedStorage]] = {}
+        self.host_keys: dict[int, StorageRef] = {}
         #: While set, storages born are host-resident (see ``on_host``).
         self.born_on_host = False
         self.phase = PIPELINE_PHASE
@@ -123,16 +123,15 @@ class SimulatedDevice:
     def to_host(self, storage: torch.UntypedStorage) -> None:
         """Mark ``storage`` host-resident for as long as it lives: its entry is dropped when it
         dies, and until then an entry counts only for the storage it refers to (another storage
-        at the same address is not host-resident for it)."""
-        if self.holds_on_host(storage):
-            return
-        key, keys = storage._cdata, self.host_keys
+        at the same address is not host-resident for it). The counter's own references
+        (``StorageRef``), with one callback for all of them."""
+        if not self.holds_on_host(storage):
+            key = storage._cdata
+            self.host_keys[key] = StorageRef(storage, self._forget_host, key, 0)
 
-        def forget(dead: ref[torch.UntypedStorage]) -> None:
-            if keys.get(key) is dead:
-                del keys[key]
-
-        keys[key] = ref(storage, forget)
+    def _forget_host(self, dead: StorageRef) -> None:
+        if self.host_keys.get(dead.key) is dead:
+            del self.host_keys[dead.key]
 
     def is_on_host(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor``'s storage lives on the CPU (``keep_on_host``)."""

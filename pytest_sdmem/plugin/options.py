@@ -13,7 +13,7 @@ from typing import Any
 
 from pytest_sdmem.base.units import UnitError, check_number, parse_size
 from pytest_sdmem.gate.settings import SettingsError
-from pytest_sdmem.gate.tolerances import DEFAULT_TOLERANCE_SPEC
+from pytest_sdmem.gate.tolerances import DEFAULT_TOLERANCE_SPEC, METRICS
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ OPTIONS: tuple[Option, ...] = (
            "fail the tests that regressed beyond the tolerance", "path",
            metavar="PATH"),
     Option("--sdmem-tolerance", "per-metric tolerances of --sdmem-compare, e.g. "
-           f"'vram=200MB,startup=50%' (METRIC one of vram, latency, startup, speedup; VALUE a "
-           f"percentage, an absolute change or 'off'; default: '{DEFAULT_TOLERANCE_SPEC}')",
+           f"'vram=200MB,startup=50%' (METRIC one of {', '.join(METRICS)}; VALUE a percentage, "
+           f"an absolute change or 'off'; default: '{DEFAULT_TOLERANCE_SPEC}')",
            metavar="SPEC"),
     Option("--sdmem-share-gpu", "let several pytest-xdist workers share a GPU (memory budgets "
            "are then refused: a shared card's peak is not the test's)", "bool"),
