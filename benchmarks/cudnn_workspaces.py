@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_sdmem.base.tables import Row, markdown_table
 from pytest_sdmem.building.pipelines import get_spec
 from pytest_sdmem.estimate.convolution import cudnn_memory_format, cudnn_workspace
 from pytest_sdmem.estimate.gpus import Gpu, gpu_for
@@ -43,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from estimate_vs_gpu import positive  # a sibling script, not a package
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COLUMNS = ("dtype", "batch", "convolution", "layout", "input", "weight", "output", "measured",
+           "model", "input + weight")
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -142,17 +145,15 @@ def decode_readings(model: str, device: str, size: int, dtype: str,
 
 def table(readings: list[ConvReading], min_bytes: int) -> list[str]:
     """A markdown table of the readings whose input is at least ``min_bytes``."""
-    mb = lambda n: f"{n / 1e6:.1f}"  # noqa: E731
-    lines = ["| dtype | batch | convolution | layout | input | weight | output | measured "
-             "| model | input + weight |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in readings:
-        if r.input_bytes >= min_bytes:
-            lines.append(
-                f"| {r.dtype} | {r.batch} | {r.module} {tuple(r.input_shape)} -> "
-                f"{tuple(r.output_shape)} | {r.layout} | {mb(r.input_bytes)} "
-                f"| {mb(r.weight_bytes)} | {mb(r.output_bytes)} | {mb(r.measured)} | {mb(r.model)} "
-                f"| {mb(r.input_and_weight)} |")
-    return lines
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f}"
+
+    return markdown_table(COLUMNS, (
+        Row((r.dtype, str(r.batch),
+             f"{r.module} {tuple(r.input_shape)} to {tuple(r.output_shape)}", r.layout,
+             mb(r.input_bytes), mb(r.weight_bytes), mb(r.output_bytes), mb(r.measured),
+             mb(r.model), mb(r.input_and_weight)), failed=False)
+        for r in readings if r.input_bytes >= min_bytes))
 
 
 def main(argv: list[str] | None = None) -> int:

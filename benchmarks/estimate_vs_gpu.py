@@ -43,7 +43,13 @@ from typing import Any
 
 import torch
 
+from pytest_sdmem.base.tables import Row as TableRow
+from pytest_sdmem.base.tables import markdown_table
 from pytest_sdmem.building.generation import GenerationArgs
+from pytest_sdmem.building.runner import make_sd_pipe
+from pytest_sdmem.building.techniques import parse_technique, unmet_requirements
+from pytest_sdmem.estimate import estimate_generation, unsupported_reason
+from pytest_sdmem.measuring.memory import MemoryTracker, get_backend
 
 #: Issue 14's matrix: every row within -2%..+3% of the measured peak.
 GATE_TECHNIQUES = ("none", "sdpa", "fp16", "fp16+sdpa", "bf16", "bf16+sdpa")
@@ -60,6 +66,8 @@ OTHER_ROWS = (
     ("fp16+sdpa+vae_tiling+model_offload", 1024, 1),
 )
 BOUNDS = {"gate": (-0.02, 0.03), "10%": (-0.10, 0.10)}
+COLUMNS = ("technique", "image", "batch", "safety checker", "measured", "estimate", "error",
+           "within bound", "weights at start (measured / estimate)", "peak (estimate)", "notes")
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,6 @@ def rows(which: str, only: Iterable[str] | None = None, size: int | None = None)
 def estimate_row(row: Row, model: str, steps: int, gpu: str | None) -> dict[str, Any]:
     """The estimate's figures for ``row`` (a worker process runs this), or why there is none
     (``failed`` when the estimator raised)."""
-    from pytest_sdmem.building.techniques import parse_technique
-    from pytest_sdmem.estimate import estimate_generation, unsupported_reason
-
     torch.set_num_threads(1)  # one core per worker: meta tensors are Python-bound
     ts = parse_technique(row.technique)
     reason = unsupported_reason(ts, model)
@@ -127,10 +132,6 @@ def estimate_all(table: list[Row], model: str, steps: int, gpu: str | None,
 def measure_row(row: Row, model: str, steps: int, device: str,
                 cache_dir: Path) -> dict[str, Any]:
     """The device's figures for ``row``: one generation inside a tracker block."""
-    from pytest_sdmem.building.runner import make_sd_pipe
-    from pytest_sdmem.building.techniques import parse_technique, unmet_requirements
-    from pytest_sdmem.measuring.memory import MemoryTracker, get_backend
-
     unmet = unmet_requirements(parse_technique(row.technique), device)
     if unmet:
         return {"notes": unmet}
@@ -167,23 +168,22 @@ def table_lines(records: list[dict[str, Any]], header: str) -> list[str]:
     def gb(n: int | None) -> str:
         return f"{n / 1e9:.3f} GB" if n is not None else "-"
 
-    lines = [header, "", "Error = estimate / measured - 1. Bound: 'gate' rows -2%..+3%, others "
-             "+-10%. Written by benchmarks/estimate_vs_gpu.py.", "",
-             "| technique | image | batch | safety checker | measured | estimate | error "
-             "| within bound | weights at start (measured / estimate) | peak (estimate) "
-             "| notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for r in records:
         err, place = error(r), r.get("peak_place") or {}
-        lines.append(
-            f"| {r['technique']} | {r['size']}x{r['size']} | {r['batch']} "
-            f"| {'yes' if r['safety_checker'] else 'no'} | {gb(r.get('measured'))} "
-            f"| {gb(r.get('estimate'))} | {'-' if err is None else f'{err:+.1%}'} "
-            f"| {'-' if err is None else ('yes' if within(r) else 'NO')} "
-            f"| {gb(r.get('measured_start'))} / {gb(r.get('estimate_start'))} "
-            f"| {r.get('peak_phase', '-')} {place.get('module', '')} ({place.get('op', '')}) "
-            f"| {'; '.join(r['notes'])} |")
+        rows.append(TableRow((
+            r["technique"], f"{r['size']}x{r['size']}", str(r["batch"]),
+            "yes" if r["safety_checker"] else "no", gb(r.get("measured")),
+            gb(r.get("estimate")), "-" if err is None else f"{err:+.1%}",
+            "-" if err is None else ("yes" if within(r) else "NO"),
+            f"{gb(r.get('measured_start'))} / {gb(r.get('estimate_start'))}",
+            f"{r.get('peak_phase', '-')} {place.get('module', '')} ({place.get('op', '')})",
+            "; ".join(r["notes"])), failed=not within(r)))
     outside = sum(not within(r) for r in records)
-    return [*lines, "", f"{outside} of {len(records)} rows outside their bound."]
+    return [header, "", "Error = estimate / measured - 1. Bound: 'gate' rows -2%..+3%, others "
+            "+-10%. Written by benchmarks/estimate_vs_gpu.py.", "",
+            *markdown_table(COLUMNS, rows), "",
+            f"{outside} of {len(records)} rows outside their bound."]
 
 
 def positive(text: str) -> int:
